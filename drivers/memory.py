@@ -1,0 +1,235 @@
+"""In-memory driver and store: for tests, demos and workflows that need no durability.
+
+Keys are kept in a sorted list beside a dict, so ``list`` is a bisect plus a slice and byte
+order is Python's ``bytes`` order (unsigned lexicographic), exactly what drivers must give.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
+
+
+class _Namespace:
+    """One workflow's keys: a dict for lookups and a sorted key list for ranges."""
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, bytes] = {}
+        self.order: list[bytes] = []
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key not in self.values:
+            bisect.insort(self.order, key)
+        self.values[key] = value
+
+    def remove(self, key: bytes) -> None:
+        if self.values.pop(key, None) is not None:
+            del self.order[bisect.bisect_left(self.order, key)]
+
+    def remove_span(self, lo: int, hi: int) -> None:
+        for key in self.order[lo:hi]:
+            del self.values[key]
+        del self.order[lo:hi]
+
+    def prefix_span(self, prefix: bytes) -> tuple[int, int]:
+        lo = bisect.bisect_left(self.order, prefix)
+        hi = lo
+        while hi < len(self.order) and self.order[hi].startswith(prefix):
+            hi += 1
+        return lo, hi
+
+
+class _Alarms:
+    """Wake times by workflow id, shared by every driver of one store."""
+
+    def __init__(self) -> None:
+        self.wake_at: dict[str, float] = {}
+
+    def due(self, now: float | None, limit: int) -> list[tuple[str, float]]:
+        cutoff = time.time() if now is None else now
+        due = sorted((at, wid) for wid, at in self.wake_at.items() if at <= cutoff)
+        return [(wid, at) for at, wid in due[:limit]]
+
+
+class _Subscribers:
+    """In-process wake-ups for live mode: ``notify`` reaches every open subscription."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, set[MemoryObjectSendStream[None]]] = {}
+
+    @asynccontextmanager
+    async def subscribe(self, workflow_id: str) -> AsyncIterator[AsyncIterator[None]]:
+        send, receive = anyio.create_memory_object_stream[None](max_buffer_size=64)
+        self.streams.setdefault(workflow_id, set()).add(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self.streams[workflow_id].discard(send)
+            send.close()
+
+    def notify(self, workflow_id: str) -> None:
+        for stream in self.streams.get(workflow_id, ()):
+            try:
+                stream.send_nowait(None)
+            except anyio.WouldBlock:
+                pass  # a wake-up is already queued; one is enough
+
+
+class MemoryDriver:
+    """One workflow's namespace in memory.
+
+    Args:
+        worker_poll_interval: sleeps shorter than this wait in memory, longer ones yield.
+        latency: simulated seconds per call, to see how the engine behaves on a slow store.
+    """
+
+    def __init__(
+        self,
+        *,
+        worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
+        latency: float = 0.0,
+        _namespace: _Namespace | None = None,
+        _alarms: _Alarms | None = None,
+        _subscribers: _Subscribers | None = None,
+        _workflow_id: str | None = None,
+    ) -> None:
+        self.worker_poll_interval = worker_poll_interval
+        self.latency = latency
+        self._ns = _namespace or _Namespace()
+        self._alarms = _alarms or _Alarms()
+        self._subscribers = _subscribers or _Subscribers()
+        self._workflow_id = _workflow_id
+
+    async def _tick(self) -> None:
+        if self.latency:
+            await anyio.sleep(self.latency)
+
+    async def get(self, key: bytes) -> bytes | None:
+        await self._tick()
+        return self._ns.values.get(key)
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        _check_bytes(key, value)
+        await self._tick()
+        self._ns.put(bytes(key), bytes(value))
+
+    async def delete(self, key: bytes) -> None:
+        await self._tick()
+        self._ns.remove(key)
+
+    async def delete_prefix(self, prefix: bytes) -> None:
+        await self._tick()
+        self._ns.remove_span(*self._ns.prefix_span(prefix))
+
+    async def delete_range(self, start: bytes, end: bytes) -> None:
+        await self._tick()
+        if start >= end:
+            return
+        lo = bisect.bisect_left(self._ns.order, start)
+        hi = bisect.bisect_left(self._ns.order, end)
+        self._ns.remove_span(lo, hi)
+
+    async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        await self._tick()
+        lo, hi = self._ns.prefix_span(prefix)
+        values = self._ns.values
+        return [(key, values[key]) for key in self._ns.order[lo:hi]]
+
+    async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        # Validate everything first so a bad write cannot leave half a batch applied.
+        for key, value in writes:
+            _check_bytes(key, value)
+        await self._tick()
+        for key, value in writes:
+            if value is None:
+                self._ns.remove(bytes(key))
+            else:
+                self._ns.put(bytes(key), bytes(value))
+
+    async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
+        await self._tick()
+        self._alarms.wake_at[workflow_id] = wake_at
+
+    async def clear_alarm(self, workflow_id: str) -> None:
+        await self._tick()
+        self._alarms.wake_at.pop(workflow_id, None)
+
+    # Beyond the protocol: live-mode wake-ups and alarm inspection for tests and demos.
+
+    def subscribe(self) -> Any:
+        return self._subscribers.subscribe(self._workflow_id or "")
+
+    async def notify(self, workflow_id: str) -> None:
+        self._subscribers.notify(self._workflow_id or workflow_id)
+
+    async def due_alarms(
+        self, now: float | None = None, limit: int = 100
+    ) -> list[tuple[str, float]]:
+        return self._alarms.due(now, limit)
+
+    def alarm(self, workflow_id: str) -> float | None:
+        """The wake time currently set for ``workflow_id`` (for tests and tools)."""
+        return self._alarms.wake_at.get(workflow_id)
+
+    def key_count(self) -> int:
+        return len(self._ns.order)
+
+
+def _check_bytes(key: object, value: object) -> None:
+    if not isinstance(key, bytes | bytearray):
+        raise TypeError(f"driver keys are bytes, got {type(key).__name__}")
+    if value is not None and not isinstance(value, bytes | bytearray):
+        raise TypeError(f"driver values are bytes or None, got {type(value).__name__}")
+
+
+class MemoryStore:
+    """Hands out isolated in-memory drivers that share one alarm index."""
+
+    def __init__(
+        self, *, worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL, latency: float = 0.0
+    ) -> None:
+        self.worker_poll_interval = worker_poll_interval
+        self.latency = latency
+        self._namespaces: dict[str, _Namespace] = {}
+        self._alarms = _Alarms()
+        self._subscribers = _Subscribers()
+
+    def driver(self, workflow_id: str) -> MemoryDriver:
+        namespace = self._namespaces.setdefault(workflow_id, _Namespace())
+        return MemoryDriver(
+            worker_poll_interval=self.worker_poll_interval,
+            latency=self.latency,
+            _namespace=namespace,
+            _alarms=self._alarms,
+            _subscribers=self._subscribers,
+            _workflow_id=workflow_id,
+        )
+
+    async def due_alarms(
+        self, now: float | None = None, limit: int = 100
+    ) -> list[tuple[str, float]]:
+        return self._alarms.due(now, limit)
+
+    def workflow_ids(self) -> list[str]:
+        return sorted(wid for wid, ns in self._namespaces.items() if ns.order)
+
+    def key_count(self) -> int:
+        return sum(len(ns.order) for ns in self._namespaces.values())
+
+    async def close(self) -> None:
+        """Nothing to release; present so every store closes the same way."""
+
+    async def __aenter__(self) -> MemoryStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,101 @@
+"""Every error the engine raises, and the internal signals that suspend a run.
+
+User-facing errors derive from ``WorkflowError``. The signals that stop a run (a sleep that
+must yield, a message that has not arrived, an eviction) derive from ``BaseException`` so an
+``except Exception`` in workflow code cannot swallow them, the way anyio's cancellation works.
+"""
+
+from __future__ import annotations
+
+
+class WorkflowError(Exception):
+    """Raised for any error the engine reports; the root of the engine's error types."""
+
+
+class CriticalError(WorkflowError):
+    """Raised by step code to fail the step at once, without retries."""
+
+
+class RollbackError(WorkflowError):
+    """Raised by step code to stop the workflow and run its rollback handlers, no retries."""
+
+
+class RollbackCheckpointError(WorkflowError):
+    """Raised when a step registers a rollback handler and no checkpoint precedes it."""
+
+
+class StepExhaustedError(WorkflowError):
+    """Raised when a step failed on every one of its ``1 + max_retries`` attempts."""
+
+
+class StepTimeoutError(CriticalError):
+    """Raised when one attempt of a step ran longer than its ``timeout``; not retried."""
+
+
+class _BranchErrors(WorkflowError):
+    def __init__(self, message: str, errors: dict[str, BaseException]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class JoinError(_BranchErrors):
+    """Raised when one or more branches of a join failed; ``errors`` maps branch to error."""
+
+
+class RaceError(_BranchErrors):
+    """Raised when every branch of a race failed; ``errors`` maps branch to error."""
+
+
+class HistoryDivergedError(WorkflowError):
+    """Raised when the code asks for a different operation than history holds there."""
+
+
+class EntryInProgressError(WorkflowError):
+    """Raised when an operation starts before the previous one in its scope was awaited."""
+
+
+class WorkflowFailedError(WorkflowError):
+    """Raised when a run meets a workflow that failed on an earlier run.
+
+    Carries what was recorded: the original type name, message and traceback text.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class SerializationError(WorkflowError):
+    """Raised when a value cannot be stored: not msgpack data, or too large for the store."""
+
+
+class CorruptedRecordError(WorkflowError):
+    """Raised when a stored record cannot be decoded (wrong format version or damaged bytes)."""
+
+
+class StorageError(WorkflowError):
+    """Raised when a driver call failed; names the store and the operation."""
+
+    def __init__(self, store: str, operation: str, cause: BaseException | None = None) -> None:
+        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        super().__init__(f"{store} {operation} failed{detail}")
+        self.store = store
+        self.operation = operation
+
+
+class LeaseLostError(StorageError):
+    """Raised when a worker writes a workflow whose lease it no longer holds."""
+
+
+class EvictedError(BaseException):
+    """Raised inside the workflow at its next operation after ``evict()`` or ``cancel()``."""
+
+
+class _Suspend(BaseException):
+    """Base of the internal signals that end a run early so it can resume later."""
+
+
+class SuspendSignal(_Suspend):
+    """Raised at every waiting operation when the whole run must yield (yield mode)."""

@@ -1,0 +1,239 @@
+"""Tools for testing drivers and workflows: a conformance suite and wrapper drivers.
+
+Driver conformance: subclass ``DriverConformance`` in a test module and provide one fixture,
+``conformance_store``, that yields a store (anything with ``driver(workflow_id)`` and
+``await due_alarms(now=None, limit=100)``)::
+
+    import pytest
+    from engine.testing import DriverConformance
+
+    class TestMyDriver(DriverConformance):
+        @pytest.fixture
+        async def conformance_store(self):
+            async with await MyStore.connect(...) as store:
+                yield store
+
+The wrappers ``CountingDriver`` and ``FaultyDriver`` count calls and inject crashes.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from engine.driver import EngineDriver
+
+WRITE_METHODS = frozenset(
+    {"set", "delete", "delete_prefix", "delete_range", "batch", "set_alarm", "clear_alarm"}
+)
+
+
+class SimulatedCrash(BaseException):
+    """Raised by ``FaultyDriver`` in place of a write: the process "dies" at that point."""
+
+
+class CountingDriver:
+    """Wraps a driver and counts calls by method name (``calls["batch"]``, ...)."""
+
+    def __init__(self, inner: EngineDriver) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self.worker_poll_interval = inner.worker_poll_interval
+
+    @property
+    def writes(self) -> int:
+        return sum(self.calls[name] for name in WRITE_METHODS)
+
+    def reset(self) -> None:
+        self.calls.clear()
+
+    def _before(self, method: str) -> None:
+        self.calls[method] += 1
+
+    async def get(self, key: bytes) -> bytes | None:
+        self._before("get")
+        return await self.inner.get(key)
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        self._before("set")
+        await self.inner.set(key, value)
+
+    async def delete(self, key: bytes) -> None:
+        self._before("delete")
+        await self.inner.delete(key)
+
+    async def delete_prefix(self, prefix: bytes) -> None:
+        self._before("delete_prefix")
+        await self.inner.delete_prefix(prefix)
+
+    async def delete_range(self, start: bytes, end: bytes) -> None:
+        self._before("delete_range")
+        await self.inner.delete_range(start, end)
+
+    async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        self._before("list")
+        return await self.inner.list(prefix)
+
+    async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        self._before("batch")
+        await self.inner.batch(writes)
+
+    async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
+        self._before("set_alarm")
+        await self.inner.set_alarm(workflow_id, wake_at)
+
+    async def clear_alarm(self, workflow_id: str) -> None:
+        self._before("clear_alarm")
+        await self.inner.clear_alarm(workflow_id)
+
+    def __getattr__(self, name: str) -> Any:
+        # Optional hooks (subscribe, notify, due_alarms) pass through untouched.
+        return getattr(self.inner, name)
+
+
+class FaultyDriver(CountingDriver):
+    """Crashes at the ``crash_at``-th write (1-based) and at every write after it.
+
+    The write that crashes does not reach the inner driver, like a process killed just
+    before its write landed; reads keep working, as they would for the next process.
+    """
+
+    def __init__(self, inner: EngineDriver, crash_at: int) -> None:
+        super().__init__(inner)
+        self.crash_at = crash_at
+        self.crashed = False
+
+    def _before(self, method: str) -> None:
+        super()._before(method)
+        if method in WRITE_METHODS and self.writes >= self.crash_at:
+            self.crashed = True
+            raise SimulatedCrash(f"crash injected at write {self.writes} ({method})")
+
+
+def _wid(label: str) -> str:
+    return f"conformance-{label}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.mark.anyio
+class DriverConformance:
+    """What every driver must do; subclass it and provide the ``conformance_store`` fixture."""
+
+    async def test_get_set_delete(self, conformance_store: Any) -> None:
+        driver = conformance_store.driver(_wid("basic"))
+        assert await driver.get(b"k") is None
+        await driver.set(b"k", b"v1")
+        assert await driver.get(b"k") == b"v1"
+        await driver.set(b"k", b"v2")
+        assert await driver.get(b"k") == b"v2"
+        await driver.set(b"empty", b"")
+        assert await driver.get(b"empty") == b""
+        await driver.delete(b"k")
+        assert await driver.get(b"k") is None
+        await driver.delete(b"never-set")
+        await driver.delete_prefix(b"")
+
+    async def test_list_is_sorted_by_raw_bytes(self, conformance_store: Any) -> None:
+        driver = conformance_store.driver(_wid("order"))
+        keys = [
+            b"\x00", b"\x00\x00", b"\x00\xff", b"\x01", b"\x7f", b"\x80", b"\xfe",
+            b"\xff", b"\xff\x00", b"\xff\xff", b"a", b"a\x00", b"a\xff", b"ab", b"B",
+        ]
+        await driver.batch([(key, key + b"!") for key in reversed(keys)])
+        listed = await driver.list(b"")
+        assert [key for key, _ in listed] == sorted(keys)
+        assert all(value == key + b"!" for key, value in listed)
+        assert all(type(k) is bytes and type(v) is bytes for k, v in listed)
+        await driver.delete_prefix(b"")
+
+    async def test_list_prefix_selects_exactly_the_prefix(self, conformance_store: Any) -> None:
+        driver = conformance_store.driver(_wid("prefix"))
+        keys = [b"a", b"a\x00", b"a\xff\xff", b"ab", b"a`", b"b", b"\xff", b"\xff\xff", b"`"]
+        await driver.batch([(key, b"x") for key in keys])
+        assert [k for k, _ in await driver.list(b"a")] == [b"a", b"a\x00", b"a`", b"ab", b"a\xff\xff"]
+        assert [k for k, _ in await driver.list(b"a\xff")] == [b"a\xff\xff"]
+        assert [k for k, _ in await driver.list(b"\xff")] == [b"\xff", b"\xff\xff"]
+        assert await driver.list(b"c") == []
+        await driver.delete_prefix(b"")
+
+    async def test_namespaces_are_isolated(self, conformance_store: Any) -> None:
+        base = _wid("iso")
+        ids = [base, base + ":x", base + "*", base + "{x}", base + "é☃", base + "y" * 1024]
+        drivers = [conformance_store.driver(wid) for wid in ids]
+        for index, driver in enumerate(drivers):
+            await driver.batch([(b"k", str(index).encode()), (b"k" + bytes([index]), b"own")])
+        for index, driver in enumerate(drivers):
+            assert await driver.get(b"k") == str(index).encode()
+            assert [k for k, _ in await driver.list(b"")] == [b"k", b"k" + bytes([index])]
+        await drivers[0].delete_prefix(b"")
+        await drivers[1].delete_range(b"", b"\xff\xff\xff")
+        assert await drivers[0].list(b"") == []
+        assert await drivers[1].list(b"") == []
+        for index, driver in enumerate(drivers[2:], start=2):
+            assert await driver.get(b"k") == str(index).encode()
+            await driver.delete_prefix(b"")
+
+    async def test_delete_prefix_and_half_open_range(self, conformance_store: Any) -> None:
+        driver = conformance_store.driver(_wid("range"))
+        keys = [b"r\x00", b"r\x01", b"r\x02", b"r\x03", b"r\xff", b"s", b"q"]
+        await driver.batch([(key, b"v") for key in keys])
+        await driver.delete_range(b"r\x01", b"r\x03")
+        assert [k for k, _ in await driver.list(b"")] == [b"q", b"r\x00", b"r\x03", b"r\xff", b"s"]
+        await driver.delete_range(b"r\x05", b"r\x04")  # empty range: nothing happens
+        assert len(await driver.list(b"")) == 5
+        await driver.delete_prefix(b"r")
+        assert [k for k, _ in await driver.list(b"")] == [b"q", b"s"]
+        await driver.delete_prefix(b"")
+
+    async def test_batch_applies_sets_and_deletes_together(self, conformance_store: Any) -> None:
+        driver = conformance_store.driver(_wid("batch"))
+        await driver.batch([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
+        await driver.batch([(b"a", None), (b"b", b"22"), (b"d", b"4"), (b"d", b"44"), (b"zz", None)])
+        assert await driver.list(b"") == [(b"b", b"22"), (b"c", b"3"), (b"d", b"44")]
+        await driver.batch([])
+        await driver.delete_prefix(b"")
+
+    async def test_bad_batch_writes_nothing(self, conformance_store: Any) -> None:
+        driver = conformance_store.driver(_wid("atomic"))
+        await driver.set(b"keep", b"old")
+        with pytest.raises(Exception):  # noqa: B017 - drivers may raise TypeError or StorageError
+            await driver.batch([(b"keep", b"new"), (b"other", 12345)])  # type: ignore[list-item]
+        assert await driver.list(b"") == [(b"keep", b"old")]
+        await driver.delete_prefix(b"")
+
+    async def test_large_values_round_trip(self, conformance_store: Any) -> None:
+        driver = conformance_store.driver(_wid("large"))
+        value = bytes(range(256)) * 1024  # 256 KiB, every byte value
+        await driver.batch([(b"big", value), (b"\x00\xff", b"\x00\xff")])
+        assert await driver.get(b"big") == value
+        assert await driver.get(b"\x00\xff") == b"\x00\xff"
+        await driver.delete_prefix(b"")
+
+    async def test_alarms(self, conformance_store: Any) -> None:
+        wid_a, wid_b, wid_c = _wid("alarm-a"), _wid("alarm-b"), _wid("alarm-c")
+        a, b, c = (conformance_store.driver(w) for w in (wid_a, wid_b, wid_c))
+        now = time.time()
+        try:
+            await a.set_alarm(wid_a, now - 20)
+            await b.set_alarm(wid_b, now - 10)
+            await c.set_alarm(wid_c, now + 3600)
+            due = [(w, at) for w, at in await conformance_store.due_alarms(now=now) if w in {wid_a, wid_b, wid_c}]
+            assert [w for w, _ in due] == [wid_a, wid_b]
+            assert abs(due[0][1] - (now - 20)) < 1e-3
+            assert {w for w, _ in await conformance_store.due_alarms(now=now + 7200)} >= {wid_a, wid_b, wid_c}
+            await a.set_alarm(wid_a, now + 100)  # replaces the earlier wake time
+            due_ids = {w for w, _ in await conformance_store.due_alarms(now=now)}
+            assert wid_a not in due_ids and wid_b in due_ids
+            await b.clear_alarm(wid_b)
+            await b.clear_alarm(wid_b)  # clearing twice is fine
+            due_ids = {w for w, _ in await conformance_store.due_alarms(now=now + 7200)}
+            assert wid_b not in due_ids and {wid_a, wid_c} <= due_ids
+            limited = await conformance_store.due_alarms(now=now + 7200, limit=1)
+            assert len(limited) == 1
+        finally:
+            for wid, drv in ((wid_a, a), (wid_b, b), (wid_c, c)):
+                await drv.clear_alarm(wid)
