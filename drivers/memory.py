@@ -16,6 +16,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
+from engine.errors import LeaseLostError
+from engine.store import Lease
 
 
 class _Namespace:
@@ -52,6 +54,12 @@ class _Alarms:
 
     def __init__(self) -> None:
         self.wake_at: dict[str, float] = {}
+        self.changed = anyio.Event()
+
+    def set(self, workflow_id: str, wake_at: float) -> None:
+        self.wake_at[workflow_id] = wake_at
+        self.changed.set()
+        self.changed = anyio.Event()
 
     def due(self, now: float | None, limit: int) -> list[tuple[str, float]]:
         cutoff = time.time() if now is None else now
@@ -157,7 +165,7 @@ class MemoryDriver:
 
     async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
         await self._tick()
-        self._alarms.wake_at[workflow_id] = wake_at
+        self._alarms.set(workflow_id, wake_at)
 
     async def clear_alarm(self, workflow_id: str) -> None:
         await self._tick()
@@ -184,6 +192,47 @@ class MemoryDriver:
         return len(self._ns.order)
 
 
+class _FencedMemoryDriver(MemoryDriver):
+    """A driver whose writes apply only while ``lease`` is the workflow's current lease."""
+
+    def __init__(self, store: MemoryStore, lease: Lease, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._store = store
+        self._lease = lease
+
+    def _check_lease(self, operation: str) -> None:
+        current = self._store._leases.get(self._lease.workflow_id)
+        if current is None or current.token != self._lease.token or current.expires_at <= time.time():
+            raise LeaseLostError("memory store", f"{operation} of workflow {self._lease.workflow_id!r}")
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        self._check_lease("set")
+        await super().set(key, value)
+
+    async def delete(self, key: bytes) -> None:
+        self._check_lease("delete")
+        await super().delete(key)
+
+    async def delete_prefix(self, prefix: bytes) -> None:
+        self._check_lease("delete_prefix")
+        await super().delete_prefix(prefix)
+
+    async def delete_range(self, start: bytes, end: bytes) -> None:
+        self._check_lease("delete_range")
+        await super().delete_range(start, end)
+
+    async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        for key, value in writes:
+            _check_bytes(key, value)
+        await self._tick()
+        self._check_lease("batch")  # after the simulated latency: the check and the write are one step
+        saved, self.latency = self.latency, 0.0
+        try:
+            await super().batch(writes)
+        finally:
+            self.latency = saved
+
+
 def _check_bytes(key: object, value: object) -> None:
     if not isinstance(key, bytes | bytearray):
         raise TypeError(f"driver keys are bytes, got {type(key).__name__}")
@@ -202,17 +251,79 @@ class MemoryStore:
         self._namespaces: dict[str, _Namespace] = {}
         self._alarms = _Alarms()
         self._subscribers = _Subscribers()
+        self._index: dict[str, tuple[str, str]] = {}
+        self._leases: dict[str, Lease] = {}
+        self._tokens: dict[str, int] = {}
+
+    def _driver_kwargs(self, workflow_id: str) -> dict[str, Any]:
+        return {
+            "worker_poll_interval": self.worker_poll_interval,
+            "latency": self.latency,
+            "_namespace": self._namespaces.setdefault(workflow_id, _Namespace()),
+            "_alarms": self._alarms,
+            "_subscribers": self._subscribers,
+            "_workflow_id": workflow_id,
+        }
 
     def driver(self, workflow_id: str) -> MemoryDriver:
-        namespace = self._namespaces.setdefault(workflow_id, _Namespace())
-        return MemoryDriver(
-            worker_poll_interval=self.worker_poll_interval,
-            latency=self.latency,
-            _namespace=namespace,
-            _alarms=self._alarms,
-            _subscribers=self._subscribers,
-            _workflow_id=workflow_id,
-        )
+        return MemoryDriver(**self._driver_kwargs(workflow_id))
+
+    # Worker support (engine.store.WorkerStore): one process, so claims live in memory.
+
+    async def register_workflow(self, workflow_id: str, name: str, state: str) -> bool:
+        if workflow_id in self._index:
+            return False
+        self._index[workflow_id] = (name, state)
+        return True
+
+    async def set_index_state(self, workflow_id: str, state: str) -> None:
+        name, _ = self._index.get(workflow_id, ("", state))
+        self._index[workflow_id] = (name, state)
+
+    async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
+        return self._index.get(workflow_id)
+
+    async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]:
+        ids = sorted(w for w, (_, s) in self._index.items() if state is None or s == state)
+        return ids[:limit]
+
+    async def claim_due(
+        self, owner: str, lease: float, limit: int, now: float | None = None
+    ) -> list[Lease]:
+        now = time.time() if now is None else now
+        claimed: list[Lease] = []
+        for workflow_id, _ in self._alarms.due(now, len(self._alarms.wake_at)):
+            if len(claimed) >= limit:
+                break
+            held = self._leases.get(workflow_id)
+            if held is not None and held.expires_at > now:
+                continue
+            token = self._tokens.get(workflow_id, 0) + 1
+            self._tokens[workflow_id] = token
+            claim = Lease(workflow_id, owner, token, now + lease)
+            self._leases[workflow_id] = claim
+            claimed.append(claim)
+        return claimed
+
+    async def renew(self, lease: Lease, duration: float) -> Lease | None:
+        current = self._leases.get(lease.workflow_id)
+        if current is None or current.token != lease.token or current.expires_at <= time.time():
+            return None
+        renewed = Lease(lease.workflow_id, lease.owner, lease.token, time.time() + duration)
+        self._leases[lease.workflow_id] = renewed
+        return renewed
+
+    async def release(self, lease: Lease) -> None:
+        current = self._leases.get(lease.workflow_id)
+        if current is not None and current.token == lease.token:
+            del self._leases[lease.workflow_id]
+
+    def fenced_driver(self, lease: Lease) -> MemoryDriver:
+        return _FencedMemoryDriver(self, lease, **self._driver_kwargs(lease.workflow_id))
+
+    async def wait_for_due(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._alarms.changed.wait()
 
     async def due_alarms(
         self, now: float | None = None, limit: int = 100

@@ -237,3 +237,75 @@ class DriverConformance:
         finally:
             for wid, drv in ((wid_a, a), (wid_b, b), (wid_c, c)):
                 await drv.clear_alarm(wid)
+
+
+@pytest.mark.anyio
+class WorkerStoreConformance:
+    """What a store shared by workers must do (``engine.store.WorkerStore``).
+
+    Provide the same ``conformance_store`` fixture as for ``DriverConformance``.
+    """
+
+    async def test_register_is_create_if_absent(self, conformance_store: Any) -> None:
+        wid = _wid("register")
+        assert await conformance_store.register_workflow(wid, "order", "pending") is True
+        assert await conformance_store.register_workflow(wid, "other", "running") is False
+        assert await conformance_store.workflow_info(wid) == ("order", "pending")
+        await conformance_store.set_index_state(wid, "completed")
+        assert await conformance_store.workflow_info(wid) == ("order", "completed")
+        assert wid in await conformance_store.list_workflows("completed")
+        assert wid not in await conformance_store.list_workflows("pending")
+        assert wid in await conformance_store.list_workflows()
+        assert await conformance_store.workflow_info(_wid("absent")) is None
+
+    async def test_claims_exclude_each_other_until_expiry(self, conformance_store: Any) -> None:
+        from engine.errors import LeaseLostError
+
+        wid = _wid("claim")
+        driver = conformance_store.driver(wid)
+        now = time.time()
+        await driver.set_alarm(wid, now - 1)
+        try:
+            first = [c for c in await conformance_store.claim_due("w1", 30.0, 1000, now=now) if c.workflow_id == wid]
+            assert len(first) == 1 and first[0].owner == "w1"
+            again = await conformance_store.claim_due("w2", 30.0, 1000, now=now)
+            assert wid not in {c.workflow_id for c in again}
+            fenced = conformance_store.fenced_driver(first[0])
+            await fenced.batch([(b"k", b"by-w1")])
+            renewed = await conformance_store.renew(first[0], 30.0)
+            assert renewed is not None and renewed.token == first[0].token
+            # After expiry another worker takes over with a higher token, and w1 is fenced off.
+            later = now + 120
+            taken = [c for c in await conformance_store.claim_due("w2", 30.0, 1000, now=later) if c.workflow_id == wid]
+            assert len(taken) == 1 and taken[0].token > first[0].token
+            with pytest.raises(LeaseLostError):
+                await fenced.batch([(b"k", b"stale"), (b"k2", b"stale")])
+            with pytest.raises(LeaseLostError):
+                await fenced.set(b"k3", b"stale")
+            assert await driver.list(b"") == [(b"k", b"by-w1")]
+            assert await conformance_store.renew(first[0], 30.0) is None
+            await conformance_store.fenced_driver(taken[0]).batch([(b"k", b"by-w2")])
+            assert await driver.get(b"k") == b"by-w2"
+            await conformance_store.release(taken[0])
+            released = [c for c in await conformance_store.claim_due("w3", 30.0, 1000, now=later) if c.workflow_id == wid]
+            assert len(released) == 1
+            await conformance_store.release(released[0])
+        finally:
+            await driver.clear_alarm(wid)
+            await driver.delete_prefix(b"")
+
+    async def test_claim_requires_a_due_alarm(self, conformance_store: Any) -> None:
+        wid = _wid("notdue")
+        driver = conformance_store.driver(wid)
+        now = time.time()
+        await driver.set_alarm(wid, now + 3600)
+        try:
+            claimed = await conformance_store.claim_due("w1", 30.0, 1000, now=now)
+            assert wid not in {c.workflow_id for c in claimed}
+        finally:
+            await driver.clear_alarm(wid)
+
+    async def test_wait_for_due_returns(self, conformance_store: Any) -> None:
+        started = time.monotonic()
+        await conformance_store.wait_for_due(0.05)
+        assert time.monotonic() - started < 5.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,7 +11,19 @@ import pytest
 
 # Each store module in tests/support exposes ``open_store()`` and the anyio ``BACKENDS`` its
 # client library supports (the Redis and Postgres clients run on asyncio only).
-STORE_MODULES = {"memory": "tests.support.memory_store"}
+ALL_STORE_MODULES = {
+    "memory": "tests.support.memory_store",
+    "leveldb": "tests.support.leveldb_store",
+    "redis": "tests.support.redis_store",
+    "postgres": "tests.support.postgres_store",
+}
+# ENGINE_TEST_STORES=memory,redis narrows a local run; CI runs every store.
+_selected = os.environ.get("ENGINE_TEST_STORES")
+STORE_MODULES = {
+    name: module
+    for name, module in ALL_STORE_MODULES.items()
+    if not _selected or name in _selected.split(",")
+}
 
 
 BACKENDS = ("asyncio", "trio")
