@@ -99,3 +99,47 @@ class _Suspend(BaseException):
 
 class SuspendSignal(_Suspend):
     """Raised at every waiting operation when the whole run must yield (yield mode)."""
+
+
+def error_record(exc: BaseException) -> dict[str, str]:
+    """What is stored about an error: its type name, message and traceback text."""
+    import traceback
+
+    return {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def rebuild_error(record: dict[str, str]) -> WorkflowError:
+    """The error a later run raises for a recorded one.
+
+    An engine error comes back as its own type; anything else as ``WorkflowFailedError``
+    carrying the recorded type name, message and traceback.
+    """
+    cls = _ENGINE_ERRORS.get(record.get("type", "")) if record.get("module") == __name__ else None
+    message = record.get("message", "")
+    if cls is None or cls is WorkflowFailedError:
+        return WorkflowFailedError(record.get("type", "Exception"), message, record.get("traceback", ""))
+    error: WorkflowError
+    if issubclass(cls, _BranchErrors):
+        error = cls(message, {})
+    elif issubclass(cls, StorageError):
+        error = WorkflowFailedError(record["type"], message, record.get("traceback", ""))
+    else:
+        error = cls(message)
+    error.recorded_traceback = record.get("traceback", "")  # type: ignore[attr-defined]
+    return error
+
+
+_ENGINE_ERRORS: dict[str, type[WorkflowError]] = {
+    cls.__name__: cls
+    for cls in (
+        WorkflowError, CriticalError, RollbackError, RollbackCheckpointError, StepExhaustedError,
+        StepTimeoutError, JoinError, RaceError, HistoryDivergedError, EntryInProgressError,
+        WorkflowFailedError, SerializationError, CorruptedRecordError, StorageError,
+        LeaseLostError,
+    )
+}

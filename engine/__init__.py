@@ -1,0 +1,71 @@
+"""Durable execution for plain ``async def`` workflows, replayed from key-value history."""
+
+from engine.constants import (
+    DEFAULT_LOOP_COMMIT_INTERVAL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF_BASE,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    DEFAULT_STEP_TIMEOUT,
+)
+from engine.context import WorkflowContext
+from engine.driver import EngineDriver
+from engine.errors import (
+    CorruptedRecordError,
+    CriticalError,
+    EntryInProgressError,
+    EvictedError,
+    HistoryDivergedError,
+    JoinError,
+    LeaseLostError,
+    RaceError,
+    RollbackCheckpointError,
+    RollbackError,
+    SerializationError,
+    StepExhaustedError,
+    StepTimeoutError,
+    StorageError,
+    WorkflowError,
+    WorkflowFailedError,
+)
+from engine.handle import WorkflowHandle, run_workflow
+from engine.ops.branches import RaceResult
+from engine.ops.loop import Loop, LoopResult
+from engine.ops.rollback import RollbackContext
+from engine.run import ErrorEvent
+from engine.state import ErrorInfo, WorkflowResult, WorkflowState
+
+__all__ = [
+    "DEFAULT_LOOP_COMMIT_INTERVAL",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_RETRY_BACKOFF_BASE",
+    "DEFAULT_RETRY_BACKOFF_MAX",
+    "DEFAULT_STEP_TIMEOUT",
+    "CorruptedRecordError",
+    "CriticalError",
+    "EngineDriver",
+    "EntryInProgressError",
+    "ErrorEvent",
+    "ErrorInfo",
+    "EvictedError",
+    "HistoryDivergedError",
+    "JoinError",
+    "LeaseLostError",
+    "Loop",
+    "LoopResult",
+    "RaceError",
+    "RaceResult",
+    "RollbackCheckpointError",
+    "RollbackContext",
+    "RollbackError",
+    "SerializationError",
+    "StepExhaustedError",
+    "StepTimeoutError",
+    "StorageError",
+    "WorkflowContext",
+    "WorkflowError",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowResult",
+    "WorkflowState",
+    "run_workflow",
+]

@@ -1,0 +1,258 @@
+"""The object a workflow receives: a location cursor over one scope, one method per operation.
+
+The guards every operation needs are written once in ``_begin``, and they run when the
+operation is *called*, before it is awaited: a bad name, a name used twice, an operation
+started while the previous one in the same scope was not awaited, or a mismatch with the
+history recorded at this position all raise before any of the operation's code runs. Each
+operation's logic lives in its own module (``engine.ops``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+
+from engine.constants import (
+    DEFAULT_LOOP_COMMIT_INTERVAL,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF_BASE,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    DEFAULT_STEP_TIMEOUT,
+)
+from engine.errors import EntryInProgressError, HistoryDivergedError
+from engine.keys import Location
+from engine.ops import branches, loop, queue, removed, rollback, sleep, step
+from engine.ops.loop import LoopResult
+from engine.ops.step import StepOptions
+from engine.run import Run
+from engine.storage import Node
+
+T = TypeVar("T")
+
+KINDS = ("step", "sleep", "message", "join", "race", "loop", "checkpoint", "removed")
+REMOVABLE = ("step", "loop", "sleep", "message", "join", "race")
+
+
+@dataclass
+class Site:
+    """Where one operation sits: its location, its node, and the scope it belongs to."""
+
+    ctx: WorkflowContext
+    name: str
+    kind: str
+    location: Location
+    node: Node
+    pos: int
+
+    @property
+    def run(self) -> Run:
+        return self.ctx.run
+
+    @property
+    def path(self) -> str:
+        return self.ctx.run.path(self.location)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        entry["k"] = self.kind
+        entry["p"] = self.pos
+        self.ctx.run.storage.record_entry(self.location, self.ctx.scope_node, self.node, entry)
+
+
+class Queue:
+    """``ctx.queue``: waits for messages sent with ``handle.message(name, data)``."""
+
+    def __init__(self, ctx: WorkflowContext) -> None:
+        self._ctx = ctx
+
+    def next(
+        self,
+        name: str,
+        *,
+        names: Sequence[str] | None = None,
+        count: int = 1,
+        timeout: float | None = None,
+    ) -> Coroutine[Any, Any, list[Any]]:
+        """Wait for ``count`` messages whose name is in ``names`` (any when None), FIFO."""
+        ctx = self._ctx
+        wanted = queue.validate(ctx.run, name, names, count, timeout)
+        site = ctx._begin(name, "message")
+        return ctx._finish(site, queue.run_next(site, wanted, count, timeout))
+
+
+class WorkflowContext:
+    """One scope of a workflow (the body, a branch, a loop iteration) and its cursor."""
+
+    def __init__(self, run: Run, scope: Location, scope_node: Node) -> None:
+        self.run = run
+        self.scope = scope
+        self.scope_node = scope_node
+        self._cursor = 0
+        self._used: set[str] = set()
+        self._busy: str | None = None
+        self.queue = Queue(self)
+
+    @property
+    def workflow_id(self) -> str:
+        return self.run.workflow_id
+
+    @property
+    def aborted(self) -> anyio.Event:
+        """Set on eviction or cancellation; pass it to long-running work inside steps."""
+        return self.run.aborted
+
+    def is_evicted(self) -> bool:
+        return self.run.aborted.is_set()
+
+    # Operations
+
+    def step(
+        self,
+        name: str,
+        fn: Callable[[], T | Awaitable[T]],
+        *,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE,
+        retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        timeout: float = DEFAULT_STEP_TIMEOUT,
+        ephemeral: bool = False,
+        rollback: Callable[[Any, Any], Awaitable[None]] | None = None,
+    ) -> Coroutine[Any, Any, T]:
+        """Run ``fn`` once and record its output; on replay return the recorded output."""
+        options = StepOptions.checked(
+            self.run, name, fn, max_retries, retry_backoff_base, retry_backoff_max,
+            timeout, ephemeral, rollback,
+        )
+        site = self._begin(name, "step")
+        return self._finish(site, step.run_step(site, fn, options))
+
+    def sleep(self, name: str, seconds: float) -> Coroutine[Any, Any, None]:
+        """Wait ``seconds``: in memory when short, otherwise by yielding until an alarm."""
+        sleep.check_seconds(self.run, name, seconds)
+        site = self._begin(name, "sleep")
+        return self._finish(site, sleep.run_sleep(site, lambda now: now + seconds))
+
+    def sleep_until(self, name: str, timestamp: float) -> Coroutine[Any, Any, None]:
+        """Wait until the Unix time ``timestamp`` (a past time returns at once)."""
+        sleep.check_timestamp(self.run, name, timestamp)
+        site = self._begin(name, "sleep")
+        return self._finish(site, sleep.run_sleep(site, lambda _now: timestamp))
+
+    def join(
+        self, name: str, branches_: Mapping[str, Callable[[WorkflowContext], Awaitable[Any]]]
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
+        """Run every branch concurrently, each in its own scope; all settle."""
+        branches.check(self.run, name, branches_, "join")
+        site = self._begin(name, "join")
+        return self._finish(site, branches.run_join(site, dict(branches_)))
+
+    def race(
+        self, name: str, branches_: Mapping[str, Callable[[WorkflowContext], Awaitable[Any]]]
+    ) -> Coroutine[Any, Any, branches.RaceResult]:
+        """Run every branch concurrently; the first to complete wins, the rest are cancelled."""
+        branches.check(self.run, name, branches_, "race")
+        site = self._begin(name, "race")
+        return self._finish(site, branches.run_race(site, dict(branches_)))
+
+    def loop(
+        self,
+        name: str,
+        run: Callable[[WorkflowContext, Any], Awaitable[LoopResult]],
+        *,
+        state: Any = None,
+        commit_interval: int = DEFAULT_LOOP_COMMIT_INTERVAL,
+        history_every: int | None = None,
+        history_keep: int | None = None,
+    ) -> Coroutine[Any, Any, Any]:
+        """Iterate ``run`` durably; returns the value of ``Loop.break_``."""
+        options = loop.LoopOptions.checked(
+            self.run, name, commit_interval, history_every, history_keep
+        )
+        site = self._begin(name, "loop")
+        return self._finish(site, loop.run_loop(site, run, state, options))
+
+    def rollback_checkpoint(self, name: str) -> Coroutine[Any, Any, None]:
+        """Enable rollback handlers for the steps after this point."""
+        site = self._begin(name, "checkpoint")
+        return self._finish(site, rollback.run_checkpoint(site))
+
+    def removed(self, name: str, original_type: str) -> Coroutine[Any, Any, None]:
+        """Stand in for an operation deleted from the code, holding its history position."""
+        removed.check(self.run, name, original_type, REMOVABLE)
+        site = self._begin(name, "removed", accept=(original_type, "removed"))
+        return self._finish(site, removed.run_removed(site, original_type))
+
+    # Guards, written once
+
+    def _begin(self, name: str, kind: str, accept: tuple[str, ...] | None = None) -> Site:
+        run = self.run
+        run.scheduler.check_stop()
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"workflow {run.workflow_id!r}: a {kind} needs a non-empty string name, "
+                f"got {name!r} in {run.path(self.scope)}"
+            )
+        if self._busy is not None:
+            raise EntryInProgressError(
+                f"workflow {run.workflow_id!r}: {kind} {name!r} started in {run.path(self.scope)} "
+                f"while {self._busy} was not awaited; await each operation before the next "
+                "(use ctx.join for concurrency)"
+            )
+        storage = run.storage
+        index = storage.names.intern(name, storage.pending)
+        location = (*self.scope, index)
+        if name in self._used:
+            raise HistoryDivergedError(
+                f"workflow {run.workflow_id!r}: the name {name!r} is used twice in "
+                f"{run.path(self.scope)} (at {run.path(location)}); names must be unique per scope"
+            )
+        pos = self._cursor
+        recorded = self.scope_node.ordered()
+        if pos < len(recorded):
+            held = recorded[pos]
+            held_kind = held.entry["k"] if held.entry else "?"
+            if held.segment != index or held_kind not in (accept or (kind,)):
+                raise HistoryDivergedError(
+                    f"history diverged in workflow {run.workflow_id!r} at {run.path(location)}: "
+                    f"history holds {held_kind} {storage.names.name(held.segment)!r} at position "
+                    f"{pos} of {run.path(self.scope)}, the code asked for {kind} {name!r}"
+                )
+            node = held
+        else:
+            node = self.scope_node.child(index)
+        self._cursor += 1
+        self._used.add(name)
+        self._busy = f"{kind} {name!r}"
+        return Site(self, name, kind, location, node, pos)
+
+    async def _finish(self, site: Site, operation: Awaitable[T]) -> T:
+        try:
+            return await operation
+        finally:
+            self._busy = None
+
+    def child(self, scope: Location, scope_node: Node) -> WorkflowContext:
+        """A context for a nested scope (branch or loop iteration) of the same run."""
+        return WorkflowContext(self.run, scope, scope_node)
+
+    def end_scope(self) -> None:
+        """At a scope's normal end: every recorded entry must have been performed again."""
+        run = self.run
+        if self._busy is not None:
+            raise EntryInProgressError(
+                f"workflow {run.workflow_id!r}: {run.path(self.scope)} ended while "
+                f"{self._busy} was not awaited"
+            )
+        recorded = self.scope_node.ordered()
+        if self._cursor < len(recorded):
+            held = recorded[self._cursor]
+            location = (*self.scope, held.segment)
+            raise HistoryDivergedError(
+                f"history diverged in workflow {run.workflow_id!r} at {run.path(location)}: "
+                f"history holds {held.entry['k'] if held.entry else '?'} "
+                f"{run.storage.names.name(held.segment)!r} at position {self._cursor} of "
+                f"{run.path(self.scope)}, the code ended the scope without it "
+                "(use ctx.removed for a deleted operation)"
+            )

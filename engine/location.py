@@ -1,0 +1,53 @@
+"""Locations: where an operation sits in the workflow, as a path of interned names.
+
+A location is a tuple of segments: a name index (``int``) for a named operation or branch,
+or a loop-iteration marker, the 1-tuple ``(iteration,)``. Names are interned to small ints
+so keys stay short however long the user's names are; a new name is persisted in the same
+batch as the entry that introduced it.
+"""
+
+from __future__ import annotations
+
+from engine import codec, keys
+from engine.keys import Location
+
+ROOT: Location = ()
+
+
+def iteration_marker(iteration: int) -> tuple[int]:
+    return (iteration,)
+
+
+class NameRegistry:
+    """Names interned to indices; new names are handed to storage to write with the entry."""
+
+    def __init__(self) -> None:
+        self._names: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def load(self, index: int, name: str) -> None:
+        while len(self._names) <= index:
+            self._names.append("")
+        self._names[index] = name
+        self._index[name] = index
+
+    def intern(self, name: str, pending: dict[bytes, bytes | None]) -> int:
+        """Index of ``name``; a first use queues the name's record in ``pending``."""
+        index = self._index.get(name)
+        if index is None:
+            index = len(self._names)
+            self._names.append(name)
+            self._index[name] = index
+            pending[keys.name_key(index)] = codec.encode(name, "name registry entry")
+        return index
+
+    def name(self, index: int) -> str:
+        return self._names[index] if index < len(self._names) else f"<unknown name #{index}>"
+
+    def render(self, location: Location) -> str:
+        """``outer/~3/inner`` for humans: names joined by ``/``, iterations as ``~n``."""
+        parts = [
+            f"~{segment[0]}" if isinstance(segment, tuple) else self.name(segment)
+            for segment in location
+        ]
+        return "/".join(parts) or "<workflow>"

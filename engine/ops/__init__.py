@@ -1,0 +1,1 @@
+"""One module per workflow operation; the context calls into them."""

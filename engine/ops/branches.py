@@ -1,0 +1,209 @@
+"""``ctx.join`` and ``ctx.race``: branches in one anyio task group, each in its own scope.
+
+A branch's location is ``<join or race name>/<branch name>/...`` and it validates its own
+history positionally. Branch tasks count as active in the scheduler while the parent is
+blocked, so a waiting branch lets its siblings run on and the run yields only when every
+branch is waiting (with the earliest deadline as the alarm).
+
+join: every branch settles; per-branch status is recorded; failures raise ``JoinError``
+once nothing is left waiting. race: the first branch to complete wins; the decision and the
+winner's value are flushed at once and the losers are cancelled through anyio cancellation,
+their partial history deleted in the same batch. Replay of a decided race returns the
+recorded winner without running branches, except that a winner holding steps with rollback
+handlers is replayed (no step executes) so its handlers are registered again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import anyio
+
+from engine import codec
+from engine.errors import EvictedError, HistoryDivergedError, JoinError, RaceError, SuspendSignal
+from engine.run import Run
+from engine.storage import Node
+
+if TYPE_CHECKING:
+    from engine.context import Site, WorkflowContext
+
+BranchFn = Callable[["WorkflowContext"], Awaitable[Any]]
+
+
+class RaceResult(NamedTuple):
+    winner: str
+    value: Any
+
+
+def check(run: Run, name: str, branches: Mapping[str, BranchFn], kind: str) -> None:
+    where = f"workflow {run.workflow_id!r} {kind} {name!r}"
+    if not isinstance(branches, Mapping) or not branches:
+        raise ValueError(f"{where}: branches must be a non-empty dict of name -> async fn(ctx)")
+    for branch, fn in branches.items():
+        if not isinstance(branch, str) or not branch:
+            raise ValueError(f"{where}: branch names must be non-empty strings, got {branch!r}")
+        if not callable(fn):
+            raise TypeError(f"{where}: branch {branch!r} must be an async callable fn(ctx)")
+
+
+def _check_recorded(site: Site, entry: dict[str, Any], names: list[str]) -> None:
+    if list(entry["b"]) != names:
+        raise HistoryDivergedError(
+            f"history diverged in {site.run.describe(site.location)}: history holds a "
+            f"{site.kind} of branches {list(entry['b'])}, the code asked for {names}"
+        )
+
+
+class _Branch:
+    def __init__(self, site: Site, name: str) -> None:
+        storage = site.run.storage
+        self.index = storage.names.intern(name, storage.pending)
+        self.location = (*site.location, self.index)
+        self.node: Node = site.node.child(self.index)
+        self.ctx = site.ctx.child(self.location, self.node)
+
+
+class _Outcomes:
+    """How the branches of one join or race ended."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.errors: dict[str, BaseException] = {}
+        self.suspended = False
+        self.stopped = False
+
+    def raise_signals(self) -> None:
+        if self.stopped:
+            raise EvictedError("the workflow was evicted or cancelled")
+        if self.suspended:
+            raise SuspendSignal()
+
+
+async def _run_branch(branch: _Branch, fn: BranchFn, outcomes: _Outcomes, name: str) -> bool:
+    """Run one branch to its end; True when it completed."""
+    try:
+        value = await fn(branch.ctx)
+        branch.ctx.end_scope()
+    except SuspendSignal:
+        outcomes.suspended = True
+    except EvictedError:
+        outcomes.stopped = True
+    except Exception as exc:
+        outcomes.errors[name] = exc
+    else:
+        outcomes.values[name] = value
+        return True
+    return False
+
+
+async def run_join(site: Site, fns: dict[str, BranchFn]) -> dict[str, Any]:
+    run = site.run
+    names = list(fns)
+    entry = site.node.entry
+    if entry is not None:
+        _check_recorded(site, entry, names)
+    statuses: dict[str, str] = dict(entry["b"]) if entry else dict.fromkeys(names, "pending")
+    outcomes = _Outcomes()
+
+    def set_status(name: str, status: str) -> None:
+        if statuses[name] != status:
+            statuses[name] = status
+            site.record({"b": dict(statuses)})
+
+    if entry is None:
+        site.record({"b": dict(statuses)})
+
+    async def branch_task(name: str) -> None:
+        try:
+            set_status(name, "running")
+            completed = await _run_branch(_Branch(site, name), fns[name], outcomes, name)
+            if completed:
+                set_status(name, "completed")
+            elif name in outcomes.errors:
+                set_status(name, "failed")
+        finally:
+            run.scheduler.leave()
+
+    await _in_task_group(run, names, branch_task)
+    outcomes.raise_signals()
+    if outcomes.errors:
+        raise JoinError(
+            f"{run.describe(site.location)}: {len(outcomes.errors)} of {len(names)} branches "
+            f"failed: " + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in outcomes.errors.items()),
+            outcomes.errors,
+        )
+    return {name: outcomes.values[name] for name in names}
+
+
+async def run_race(site: Site, fns: dict[str, BranchFn]) -> RaceResult:
+    run = site.run
+    names = list(fns)
+    entry = site.node.entry
+    if entry is not None:
+        _check_recorded(site, entry, names)
+        if entry.get("w") is not None:
+            return await _replay_winner(site, entry, fns)
+    else:
+        site.record({"b": names, "w": None})
+    outcomes = _Outcomes()
+    winner: list[str] = []
+
+    async def branch_task(name: str, cancel: anyio.CancelScope) -> None:
+        try:
+            if await _run_branch(_Branch(site, name), fns[name], outcomes, name) and not winner:
+                winner.append(name)
+                cancel.cancel()
+        finally:
+            run.scheduler.leave()
+
+    await _in_task_group(run, names, branch_task, pass_scope=True)
+    if not winner:
+        outcomes.raise_signals()
+        raise RaceError(
+            f"{run.describe(site.location)}: every branch failed: "
+            + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in outcomes.errors.items()),
+            outcomes.errors,
+        )
+    name = winner[0]
+    encoded = codec.encode(outcomes.values[name], f"{run.describe(site.location)} branch {name!r} output")
+    for loser in names:
+        if loser != name:
+            index = run.storage.names.intern(loser, run.storage.pending)
+            run.storage.delete_subtree((*site.location, index), site.node, index)
+    site.record({"b": names, "w": name, "o": encoded})
+    await run.storage.flush()
+    return RaceResult(name, codec.decode(encoded, f"{run.describe(site.location)} output"))
+
+
+async def _replay_winner(site: Site, entry: dict[str, Any], fns: dict[str, BranchFn]) -> RaceResult:
+    name = entry["w"]
+    value = codec.decode(entry["o"], f"{site.run.describe(site.location)} output")
+    branch = _Branch(site, name)
+    if any(node.entry is not None and node.entry.get("rb") for _, node in _subtree(branch.node)):
+        await fns[name](branch.ctx)  # every step replays; only rollback handlers are re-registered
+    return RaceResult(name, value)
+
+
+def _subtree(node: Node) -> list[tuple[Any, Node]]:
+    found = [(node.segment, node)]
+    for child in node.children.values():
+        found.extend(_subtree(child))
+    return found
+
+
+async def _in_task_group(
+    run: Run, names: list[str], task: Callable[..., Awaitable[None]], pass_scope: bool = False
+) -> None:
+    """Run one task per branch while the parent counts as blocked, not active."""
+    run.scheduler.enter(len(names))
+    run.scheduler.leave()
+    try:
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                if pass_scope:
+                    tg.start_soon(task, name, tg.cancel_scope)
+                else:
+                    tg.start_soon(task, name)
+    finally:
+        run.scheduler.enter()

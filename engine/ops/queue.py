@@ -1,0 +1,63 @@
+"""``ctx.queue.next``: wait for messages and consume them with the entry that records them.
+
+Messages stay in the store until the wait is satisfied (``count`` reached or the deadline
+passed); then they are deleted in the same batch that records their payloads in history, so
+a crash either leaves both (the wait is replayed) or neither (the messages are delivered
+again to the same wait). Never lost, never delivered twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from engine.run import Run
+from engine.storage import Message
+
+if TYPE_CHECKING:
+    from engine.context import Site
+
+
+def validate(
+    run: Run, name: str, names: Sequence[str] | None, count: int, timeout: float | None
+) -> frozenset[str] | None:
+    where = f"workflow {run.workflow_id!r} queue.next {name!r}"
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"{where}: count must be an int >= 1, got {count!r}")
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or not math.isfinite(timeout) or timeout < 0
+    ):
+        raise ValueError(f"{where}: timeout must be None or a finite number >= 0, got {timeout!r}")
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names) or not names:
+        raise ValueError(f"{where}: names must be None or a non-empty list of message names, got {names!r}")
+    return frozenset(names)
+
+
+async def run_next(site: Site, names: frozenset[str] | None, count: int, timeout: float | None) -> list[Any]:
+    entry = site.node.entry
+    if entry is not None and entry.get("d"):
+        return list(entry["m"])
+    storage = site.run.storage
+    if entry is None:
+        deadline = None if timeout is None else time.time() + timeout
+        site.record({"dl": deadline, "d": False})
+    else:
+        deadline = entry["dl"]
+
+    def matching() -> list[Message]:
+        found = [m for m in storage.messages if names is None or m.name in names]
+        return found[:count]
+
+    await site.run.scheduler.wait(
+        deadline=deadline, ready=lambda: len(matching()) >= count, wants_messages=True
+    )
+    taken = matching()
+    for message in taken:
+        storage.consume(message)
+    payloads = [message.data for message in taken]
+    site.record({"dl": deadline, "d": True, "m": payloads})
+    return payloads

@@ -1,0 +1,70 @@
+"""``ctx.rollback_checkpoint`` and running compensations when a workflow fails for good.
+
+Handlers are closures in the user's code, so they cannot be read from the store: every run
+re-registers them as its steps replay. When the workflow fails unrecoverably, the handlers
+registered so far run in reverse completion order (the step's completion number ``s``), and
+each handler's completion is flushed to the step's metadata (``rbd``) before the next one
+starts, so a crash or eviction mid-rollback resumes with the remaining handlers only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from engine.errors import error_record
+from engine.keys import Field, Location
+from engine.run import ErrorEvent, Run
+
+if TYPE_CHECKING:
+    from engine.context import Site
+
+
+class RollbackContext:
+    """Passed to each rollback handler as ``rctx``."""
+
+    def __init__(self, run: Run, location: Location) -> None:
+        self._run = run
+        self.workflow_id = run.workflow_id
+        self.location = run.path(location)
+
+    @property
+    def aborted(self) -> anyio.Event:
+        return self._run.aborted
+
+    def is_evicted(self) -> bool:
+        return self._run.aborted.is_set()
+
+
+async def run_checkpoint(site: Site) -> None:
+    if site.node.entry is None:
+        site.record({})
+    site.run.checkpoint_seen = True
+
+
+async def run_handlers(run: Run, state_rolling_back: Any) -> BaseException | None:
+    """Run every not-yet-completed handler, newest first; return the first failure or None."""
+    storage = run.storage
+    storage.set_field(Field.STATE, state_rolling_back)
+    await storage.flush()
+    for handler in sorted(run.rollback_handlers, key=lambda h: h.seq, reverse=True):
+        node = storage.node(handler.location)
+        meta = dict(node.meta or {})
+        if meta.get("rbd"):
+            continue
+        run.scheduler.check_stop()
+        try:
+            await handler.handler(RollbackContext(run, handler.location), handler.output)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            storage.set_field(Field.ROLLBACK_ERROR, error_record(exc))
+            await run.emit_error(
+                ErrorEvent(run.workflow_id, run.path(handler.location), "rollback", 1, exc)
+            )
+            return exc
+        meta["rbd"] = True
+        storage.record_meta(handler.location, node, meta)
+        await storage.flush()
+    return None

@@ -1,0 +1,165 @@
+"""``ctx.step``: run a function once, record its output, retry with deterministic backoff.
+
+Write path of one executed step: call ``fn``; encode the output (through the codec, so the
+first run returns exactly what replay will); queue the entry (and metadata when earlier
+attempts failed); flush, which sends that plus anything else pending in one batch. Replay
+finds the entry marked done and decodes the recorded output without calling ``fn``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from engine import codec
+from engine.errors import (
+    CriticalError,
+    RollbackCheckpointError,
+    RollbackError,
+    SerializationError,
+    StepExhaustedError,
+    StepTimeoutError,
+    error_record,
+    rebuild_error,
+)
+from engine.run import ErrorEvent, RollbackHandler, Run
+
+if TYPE_CHECKING:
+    from engine.context import Site
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    max_retries: int
+    backoff_base: float
+    backoff_max: float
+    timeout: float
+    ephemeral: bool
+    rollback: Callable[[Any, Any], Awaitable[None]] | None
+
+    @classmethod
+    def checked(
+        cls,
+        run: Run,
+        name: str,
+        fn: object,
+        max_retries: int,
+        backoff_base: float,
+        backoff_max: float,
+        timeout: float,
+        ephemeral: bool,
+        rollback: Callable[[Any, Any], Awaitable[None]] | None,
+    ) -> StepOptions:
+        where = f"workflow {run.workflow_id!r} step {name!r}"
+        if not callable(fn):
+            raise TypeError(f"{where}: fn must be a zero-argument callable, got {fn!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"{where}: max_retries must be an int >= 0, got {max_retries!r}")
+        for label, value in (("retry_backoff_base", backoff_base), ("retry_backoff_max", backoff_max), ("timeout", timeout)):
+            if not isinstance(value, int | float) or value < 0 or math.isnan(value):
+                raise ValueError(f"{where}: {label} must be a number >= 0, got {value!r}")
+        if rollback is not None and not callable(rollback):
+            raise TypeError(f"{where}: rollback must be an async callable (rctx, output)")
+        return cls(max_retries, float(backoff_base), float(backoff_max), float(timeout), ephemeral, rollback)
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before attempt ``attempt + 1``: base * 2^(attempt-1), capped; no jitter."""
+        return float(min(self.backoff_base * (2 ** (attempt - 1)), self.backoff_max))
+
+
+async def run_step(site: Site, fn: Callable[[], Any], options: StepOptions) -> Any:
+    run = site.run
+    node = site.node
+    entry = node.entry
+    if entry is not None and entry.get("d"):
+        value = codec.decode(entry["o"], f"{run.describe(site.location)} output")
+        if options.rollback is not None:
+            _register_rollback(run, site, entry["s"], options.rollback, value)
+        return value
+    meta = dict(node.meta or {})
+    if meta.get("st") in ("exhausted", "failed"):
+        # A failure recorded by an earlier run: raise it again so replay goes the same way.
+        raise rebuild_error(meta["err"])
+    if options.rollback is not None and not run.checkpoint_seen:
+        raise RollbackCheckpointError(
+            f"{run.describe(site.location)}: the step registers a rollback handler but no "
+            "ctx.rollback_checkpoint(...) comes before it"
+        )
+    if entry is None:
+        site.record({"d": False})
+    while True:
+        if meta.get("r") is not None:
+            await run.scheduler.wait(deadline=meta["r"])
+        run.scheduler.check_stop()
+        attempt = meta.get("a", 0) + 1
+        try:
+            value = await _attempt(fn, options.timeout, run, site)
+            encoded = codec.encode(value, run.describe(site.location) + " output")
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            meta = await _record_failure(site, options, attempt, exc)
+            continue
+        seq = run.storage.take_seq()
+        done: dict[str, Any] = {"d": True, "o": encoded, "s": seq}
+        if options.rollback is not None:
+            done["rb"] = True
+        site.record(done)
+        if meta:
+            run.storage.record_meta(site.location, node, {"st": "completed", "a": attempt})
+        if not options.ephemeral:
+            await run.storage.flush()
+        value = codec.decode(encoded, run.describe(site.location) + " output")
+        if options.rollback is not None:
+            _register_rollback(run, site, seq, options.rollback, value)
+        return value
+
+
+async def _attempt(fn: Callable[[], Any], timeout: float, run: Run, site: Site) -> Any:
+    result = fn()
+    if not inspect.isawaitable(result):
+        return result
+    if timeout <= 0:
+        return await result
+    with anyio.move_on_after(timeout):
+        return await result
+    raise StepTimeoutError(f"{run.describe(site.location)}: the step ran longer than {timeout}s")
+
+
+async def _record_failure(
+    site: Site, options: StepOptions, attempt: int, exc: Exception
+) -> dict[str, Any]:
+    """Persist a failed attempt; return the metadata to retry with, or raise the failure."""
+    run = site.run
+    retryable = not isinstance(exc, CriticalError | RollbackError | SerializationError)
+    will_retry = retryable and attempt <= options.max_retries
+    retry_at = time.time() + options.backoff(attempt) if will_retry else None
+    failure: BaseException = exc
+    if retryable and not will_retry:
+        failure = StepExhaustedError(
+            f"{run.describe(site.location)}: the step failed {attempt} times, last with "
+            f"{type(exc).__name__}: {exc}"
+        )
+        failure.__cause__ = exc
+    status = "retrying" if will_retry else ("exhausted" if retryable else "failed")
+    meta = {"st": status, "a": attempt, "r": retry_at, "err": error_record(failure)}
+    run.storage.record_meta(site.location, site.node, meta)
+    await run.storage.flush()
+    await run.emit_error(
+        ErrorEvent(run.workflow_id, site.path, "step", attempt, exc, will_retry, retry_at)
+    )
+    if not will_retry:
+        raise failure
+    return meta
+
+
+def _register_rollback(
+    run: Run, site: Site, seq: int, handler: Callable[[Any, Any], Awaitable[None]], output: Any
+) -> None:
+    run.rollback_handlers.append(RollbackHandler(seq, site.location, handler, output))

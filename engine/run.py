@@ -1,0 +1,82 @@
+"""What one run shares between its contexts: storage, scheduler, hooks, rollback handlers."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from engine.keys import Location
+from engine.scheduler import Scheduler
+from engine.storage import Storage
+
+logger = logging.getLogger("engine")
+
+ErrorHook = Callable[["ErrorEvent"], "None | Awaitable[None]"]
+HistoryHook = Callable[[str], "None | Awaitable[None]"]
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """Passed to ``on_error``: a step attempt, a rollback handler or the workflow failed."""
+
+    workflow_id: str
+    location: str
+    kind: str  # "step", "rollback" or "workflow"
+    attempt: int
+    error: BaseException
+    will_retry: bool = False
+    retry_at: float | None = None
+
+
+@dataclass
+class RollbackHandler:
+    seq: int
+    location: Location
+    handler: Callable[[Any, Any], Awaitable[None]]
+    output: Any
+
+
+@dataclass
+class Run:
+    """The state one run of one workflow shares between all of its contexts."""
+
+    workflow_id: str
+    storage: Storage
+    scheduler: Scheduler
+    on_error: ErrorHook | None = None
+    aborted: anyio.Event = field(default_factory=anyio.Event)
+    cancelled: bool = False
+    checkpoint_seen: bool = False
+    rollback_handlers: list[RollbackHandler] = field(default_factory=list)
+
+    def path(self, location: Location) -> str:
+        return self.storage.names.render(location)
+
+    def describe(self, location: Location) -> str:
+        return f"workflow {self.workflow_id!r} at {self.path(location)}"
+
+    def stop(self, cancelled: bool) -> None:
+        self.cancelled = self.cancelled or cancelled
+        self.aborted.set()
+        self.scheduler.stop()
+
+    async def emit_error(self, event: ErrorEvent) -> None:
+        await call_hook(self.on_error, event, "on_error")
+
+
+async def call_hook(hook: Callable[[Any], Any] | None, argument: Any, label: str) -> None:
+    """Run a user hook (sync or async); a hook that raises is logged, never breaks the run."""
+    if hook is None:
+        return
+    try:
+        result = hook(argument)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        logger.error("%s hook raised; the run goes on:\n%s", label, traceback.format_exc())

@@ -1,0 +1,44 @@
+"""Workflow states and what a run returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class WorkflowState(str, Enum):
+    """Lifecycle of a workflow; a ``str`` enum, so it compares equal to its value."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ROLLING_BACK = "rolling_back"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class WorkflowResult:
+    """How a run ended: completed (with ``output``), sleeping (until ``wake_at`` or a
+    message when ``wake_at`` is None), cancelled, or evicted (``evicted=True``, ``state``
+    is the persisted state)."""
+
+    workflow_id: str
+    state: WorkflowState
+    output: Any = None
+    wake_at: float | None = None
+    evicted: bool = False
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """What failed a workflow, as recorded: returned by ``handle.get_error()``."""
+
+    type: str
+    message: str
+    traceback: str
