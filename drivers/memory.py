@@ -7,6 +7,7 @@ order is Python's ``bytes`` order (unsigned lexicographic), exactly what drivers
 from __future__ import annotations
 
 import bisect
+import builtins
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -146,7 +147,7 @@ class MemoryDriver:
         hi = bisect.bisect_left(self._ns.order, end)
         self._ns.remove_span(lo, hi)
 
-    async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    async def list(self, prefix: bytes) -> builtins.list[tuple[bytes, bytes]]:
         await self._tick()
         lo, hi = self._ns.prefix_span(prefix)
         values = self._ns.values
@@ -181,7 +182,7 @@ class MemoryDriver:
 
     async def due_alarms(
         self, now: float | None = None, limit: int = 100
-    ) -> list[tuple[str, float]]:
+    ) -> builtins.list[tuple[str, float]]:
         return self._alarms.due(now, limit)
 
     def alarm(self, workflow_id: str) -> float | None:
@@ -202,8 +203,14 @@ class _FencedMemoryDriver(MemoryDriver):
 
     def _check_lease(self, operation: str) -> None:
         current = self._store._leases.get(self._lease.workflow_id)
-        if current is None or current.token != self._lease.token or current.expires_at <= time.time():
-            raise LeaseLostError("memory store", f"{operation} of workflow {self._lease.workflow_id!r}")
+        if (
+            current is None
+            or current.token != self._lease.token
+            or current.expires_at <= time.time()
+        ):
+            raise LeaseLostError(
+                "memory store", f"{operation} of workflow {self._lease.workflow_id!r}"
+            )
 
     async def set(self, key: bytes, value: bytes) -> None:
         self._check_lease("set")
@@ -225,7 +232,9 @@ class _FencedMemoryDriver(MemoryDriver):
         for key, value in writes:
             _check_bytes(key, value)
         await self._tick()
-        self._check_lease("batch")  # after the simulated latency: the check and the write are one step
+        self._check_lease(
+            "batch"
+        )  # after the simulated latency: the check and the write are one step
         saved, self.latency = self.latency, 0.0
         try:
             await super().batch(writes)

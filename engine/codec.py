@@ -27,7 +27,7 @@ def _default(obj: object) -> Any:
     # that is a str is stored as that str), so replay sees the same plain value.
     for base in (bool, int, float, str, bytes, list, dict):
         if isinstance(obj, base):
-            return base(obj)  # type: ignore[call-arg]
+            return base(obj)  # type: ignore[arg-type]
     raise TypeError(f"an object of type {type(obj).__name__}")
 
 
@@ -68,4 +68,6 @@ def decode(raw: bytes, what: str) -> Any:
     try:
         return _unpack(raw[1:])
     except Exception as exc:  # msgpack raises several unrelated types on damaged input
-        raise CorruptedRecordError(f"{what}: damaged record ({type(exc).__name__}: {exc})") from None
+        raise CorruptedRecordError(
+            f"{what}: damaged record ({type(exc).__name__}: {exc})"
+        ) from None

@@ -122,8 +122,15 @@ class WorkflowContext:
     ) -> Coroutine[Any, Any, T]:
         """Run ``fn`` once and record its output; on replay return the recorded output."""
         options = StepOptions.checked(
-            self.run, name, fn, max_retries, retry_backoff_base, retry_backoff_max,
-            timeout, ephemeral, rollback,
+            self.run,
+            name,
+            fn,
+            max_retries,
+            retry_backoff_base,
+            retry_backoff_max,
+            timeout,
+            ephemeral,
+            rollback,
         )
         site = self._begin(name, "step")
         return self._finish(site, step.run_step(site, fn, options))

@@ -122,7 +122,9 @@ def rebuild_error(record: dict[str, str]) -> WorkflowError:
     cls = _ENGINE_ERRORS.get(record.get("type", "")) if record.get("module") == __name__ else None
     message = record.get("message", "")
     if cls is None or cls is WorkflowFailedError:
-        return WorkflowFailedError(record.get("type", "Exception"), message, record.get("traceback", ""))
+        return WorkflowFailedError(
+            record.get("type", "Exception"), message, record.get("traceback", "")
+        )
     error: WorkflowError
     if issubclass(cls, _BranchErrors):
         error = cls(message, {})
@@ -137,9 +139,20 @@ def rebuild_error(record: dict[str, str]) -> WorkflowError:
 _ENGINE_ERRORS: dict[str, type[WorkflowError]] = {
     cls.__name__: cls
     for cls in (
-        WorkflowError, CriticalError, RollbackError, RollbackCheckpointError, StepExhaustedError,
-        StepTimeoutError, JoinError, RaceError, HistoryDivergedError, EntryInProgressError,
-        WorkflowFailedError, SerializationError, CorruptedRecordError, StorageError,
+        WorkflowError,
+        CriticalError,
+        RollbackError,
+        RollbackCheckpointError,
+        StepExhaustedError,
+        StepTimeoutError,
+        JoinError,
+        RaceError,
+        HistoryDivergedError,
+        EntryInProgressError,
+        WorkflowFailedError,
+        SerializationError,
+        CorruptedRecordError,
+        StorageError,
         LeaseLostError,
     )
 }

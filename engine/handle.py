@@ -1,4 +1,4 @@
-"""``run_workflow`` and the handle it returns: start, wait, message, wake, recover, evict, cancel."""
+"""``run_workflow`` and its handle: start, wait, message, wake, recover, evict, cancel."""
 
 from __future__ import annotations
 
@@ -115,7 +115,9 @@ class WorkflowHandle:
     async def message(self, name: str, data: Any) -> None:
         """Send a message; stored durably, so it is never lost (before, during or after a run)."""
         if not isinstance(name, str) or not name:
-            raise ValueError(f"workflow {self.workflow_id!r}: message name must be a non-empty string")
+            raise ValueError(
+                f"workflow {self.workflow_id!r}: message name must be a non-empty string"
+            )
         record = encode_message(name, data, self.workflow_id)
         await self._driver.batch([(new_message_key(), record)])
         await self._driver.set_alarm(self.workflow_id, time.time())
@@ -140,7 +142,7 @@ class WorkflowHandle:
             self._run.stop(cancelled=False)
 
     async def cancel(self) -> None:
-        """Stop for good: state ``cancelled``, alarm cleared, later runs do not call the function."""
+        """Stop for good: state ``cancelled``, alarm cleared; later runs skip the function."""
         state_key = keys.field_key(Field.STATE)
         await self._driver.batch(
             [(state_key, codec.encode(WorkflowState.CANCELLED.value, "state"))]
@@ -174,7 +176,11 @@ class WorkflowHandle:
 
     async def _field(self, field: Field) -> Any:
         raw = await self._driver.get(keys.field_key(field))
-        return None if raw is None else codec.decode(raw, f"workflow {self.workflow_id!r} {field.name.lower()}")
+        return (
+            None
+            if raw is None
+            else codec.decode(raw, f"workflow {self.workflow_id!r} {field.name.lower()}")
+        )
 
     async def get_state(self) -> WorkflowState:
         value = await self._field(Field.STATE)
@@ -191,4 +197,3 @@ class WorkflowHandle:
         if record is None:
             return None
         return ErrorInfo(record["type"], record["message"], record["traceback"])
-

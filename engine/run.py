@@ -17,8 +17,8 @@ from engine.storage import Storage
 
 logger = logging.getLogger("engine")
 
-ErrorHook = Callable[["ErrorEvent"], "None | Awaitable[None]"]
-HistoryHook = Callable[[str], "None | Awaitable[None]"]
+ErrorHook = Callable[["ErrorEvent"], "Awaitable[None] | None"]
+HistoryHook = Callable[[str], "Awaitable[None] | None"]
 
 
 @dataclass(frozen=True)

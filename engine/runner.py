@@ -80,7 +80,9 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
     if Field.INPUT not in fields:
         storage.set_field(Field.INPUT, spec.input)
         # The first run sees the input exactly as later runs will: through the codec.
-        fields[Field.INPUT] = codec.decode(storage.pending[keys.field_key(Field.INPUT)], "input")
+        encoded_input = storage.pending[keys.field_key(Field.INPUT)]
+        assert encoded_input is not None
+        fields[Field.INPUT] = codec.decode(encoded_input, "input")
     if not resume_rollback:
         storage.set_field(Field.STATE, WorkflowState.RUNNING.value)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class WorkflowState(str, Enum):
+class WorkflowState(StrEnum):
     """Lifecycle of a workflow; a ``str`` enum, so it compares equal to its value."""
 
     PENDING = "pending"

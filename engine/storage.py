@@ -89,7 +89,9 @@ class Storage:
             entry = self._decode(raw, key)
             self.node(keys.parse_location_key(key), create=True).entry = entry
             self.next_seq = max(self.next_seq, entry.get("s", -1) + 1)
-        for key, raw in await self._call("list", self.driver.list(keys.prefix_key(Prefix.METADATA))):
+        for key, raw in await self._call(
+            "list", self.driver.list(keys.prefix_key(Prefix.METADATA))
+        ):
             self.node(keys.parse_location_key(key), create=True).meta = self._decode(raw, key)
         await self.refresh_messages()
 
@@ -125,7 +127,9 @@ class Storage:
             node = child
         return node
 
-    def record_entry(self, location: Location, scope: Node, node: Node, entry: dict[str, Any]) -> None:
+    def record_entry(
+        self, location: Location, scope: Node, node: Node, entry: dict[str, Any]
+    ) -> None:
         """Queue ``entry`` at ``location``; ``scope`` is the parent whose order it joins."""
         is_new = node.entry is None
         node.entry = entry
@@ -172,7 +176,9 @@ class Storage:
         if name in self._flushed_fields and self._flushed_fields[name] == value:
             self.pending.pop(key, None)
         else:
-            self.pending[key] = codec.encode(value, f"workflow {self.workflow_id!r} {name.name.lower()}")
+            self.pending[key] = codec.encode(
+                value, f"workflow {self.workflow_id!r} {name.name.lower()}"
+            )
 
     def delete_field(self, name: Field) -> None:
         self.fields.pop(name, None)
@@ -190,7 +196,9 @@ class Storage:
         async with self._lock:
             if self.broken:
                 raise StorageError(
-                    type(self.driver).__name__, "batch", RuntimeError("an earlier call of this run failed")
+                    type(self.driver).__name__,
+                    "batch",
+                    RuntimeError("an earlier call of this run failed"),
                 )
             if not self.pending:
                 return

@@ -140,8 +140,21 @@ class DriverConformance:
     async def test_list_is_sorted_by_raw_bytes(self, conformance_store: Any) -> None:
         driver = conformance_store.driver(_wid("order"))
         keys = [
-            b"\x00", b"\x00\x00", b"\x00\xff", b"\x01", b"\x7f", b"\x80", b"\xfe",
-            b"\xff", b"\xff\x00", b"\xff\xff", b"a", b"a\x00", b"a\xff", b"ab", b"B",
+            b"\x00",
+            b"\x00\x00",
+            b"\x00\xff",
+            b"\x01",
+            b"\x7f",
+            b"\x80",
+            b"\xfe",
+            b"\xff",
+            b"\xff\x00",
+            b"\xff\xff",
+            b"a",
+            b"a\x00",
+            b"a\xff",
+            b"ab",
+            b"B",
         ]
         await driver.batch([(key, key + b"!") for key in reversed(keys)])
         listed = await driver.list(b"")
@@ -154,7 +167,13 @@ class DriverConformance:
         driver = conformance_store.driver(_wid("prefix"))
         keys = [b"a", b"a\x00", b"a\xff\xff", b"ab", b"a`", b"b", b"\xff", b"\xff\xff", b"`"]
         await driver.batch([(key, b"x") for key in keys])
-        assert [k for k, _ in await driver.list(b"a")] == [b"a", b"a\x00", b"a`", b"ab", b"a\xff\xff"]
+        assert [k for k, _ in await driver.list(b"a")] == [
+            b"a",
+            b"a\x00",
+            b"a`",
+            b"ab",
+            b"a\xff\xff",
+        ]
         assert [k for k, _ in await driver.list(b"a\xff")] == [b"a\xff\xff"]
         assert [k for k, _ in await driver.list(b"\xff")] == [b"\xff", b"\xff\xff"]
         assert await driver.list(b"c") == []
@@ -192,7 +211,9 @@ class DriverConformance:
     async def test_batch_applies_sets_and_deletes_together(self, conformance_store: Any) -> None:
         driver = conformance_store.driver(_wid("batch"))
         await driver.batch([(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
-        await driver.batch([(b"a", None), (b"b", b"22"), (b"d", b"4"), (b"d", b"44"), (b"zz", None)])
+        await driver.batch(
+            [(b"a", None), (b"b", b"22"), (b"d", b"4"), (b"d", b"44"), (b"zz", None)]
+        )
         assert await driver.list(b"") == [(b"b", b"22"), (b"c", b"3"), (b"d", b"44")]
         await driver.batch([])
         await driver.delete_prefix(b"")
@@ -201,7 +222,7 @@ class DriverConformance:
         driver = conformance_store.driver(_wid("atomic"))
         await driver.set(b"keep", b"old")
         with pytest.raises(Exception):  # noqa: B017 - drivers may raise TypeError or StorageError
-            await driver.batch([(b"keep", b"new"), (b"other", 12345)])  # type: ignore[list-item]
+            await driver.batch([(b"keep", b"new"), (b"other", 12345)])
         assert await driver.list(b"") == [(b"keep", b"old")]
         await driver.delete_prefix(b"")
 
@@ -221,10 +242,18 @@ class DriverConformance:
             await a.set_alarm(wid_a, now - 20)
             await b.set_alarm(wid_b, now - 10)
             await c.set_alarm(wid_c, now + 3600)
-            due = [(w, at) for w, at in await conformance_store.due_alarms(now=now) if w in {wid_a, wid_b, wid_c}]
+            due = [
+                (w, at)
+                for w, at in await conformance_store.due_alarms(now=now)
+                if w in {wid_a, wid_b, wid_c}
+            ]
             assert [w for w, _ in due] == [wid_a, wid_b]
             assert abs(due[0][1] - (now - 20)) < 1e-3
-            assert {w for w, _ in await conformance_store.due_alarms(now=now + 7200)} >= {wid_a, wid_b, wid_c}
+            assert {w for w, _ in await conformance_store.due_alarms(now=now + 7200)} >= {
+                wid_a,
+                wid_b,
+                wid_c,
+            }
             await a.set_alarm(wid_a, now + 100)  # replaces the earlier wake time
             due_ids = {w for w, _ in await conformance_store.due_alarms(now=now)}
             assert wid_a not in due_ids and wid_b in due_ids
@@ -266,7 +295,11 @@ class WorkerStoreConformance:
         now = time.time()
         await driver.set_alarm(wid, now - 1)
         try:
-            first = [c for c in await conformance_store.claim_due("w1", 30.0, 1000, now=now) if c.workflow_id == wid]
+            first = [
+                c
+                for c in await conformance_store.claim_due("w1", 30.0, 1000, now=now)
+                if c.workflow_id == wid
+            ]
             assert len(first) == 1 and first[0].owner == "w1"
             again = await conformance_store.claim_due("w2", 30.0, 1000, now=now)
             assert wid not in {c.workflow_id for c in again}
@@ -276,7 +309,11 @@ class WorkerStoreConformance:
             assert renewed is not None and renewed.token == first[0].token
             # After expiry another worker takes over with a higher token, and w1 is fenced off.
             later = now + 120
-            taken = [c for c in await conformance_store.claim_due("w2", 30.0, 1000, now=later) if c.workflow_id == wid]
+            taken = [
+                c
+                for c in await conformance_store.claim_due("w2", 30.0, 1000, now=later)
+                if c.workflow_id == wid
+            ]
             assert len(taken) == 1 and taken[0].token > first[0].token
             with pytest.raises(LeaseLostError):
                 await fenced.batch([(b"k", b"stale"), (b"k2", b"stale")])
@@ -287,7 +324,11 @@ class WorkerStoreConformance:
             await conformance_store.fenced_driver(taken[0]).batch([(b"k", b"by-w2")])
             assert await driver.get(b"k") == b"by-w2"
             await conformance_store.release(taken[0])
-            released = [c for c in await conformance_store.claim_due("w3", 30.0, 1000, now=later) if c.workflow_id == wid]
+            released = [
+                c
+                for c in await conformance_store.claim_due("w3", 30.0, 1000, now=later)
+                if c.workflow_id == wid
+            ]
             assert len(released) == 1
             await conformance_store.release(released[0])
         finally:

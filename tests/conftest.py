@@ -49,9 +49,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         for name in sorted(STORE_MODULES)
         for backend in _store_module(name).BACKENDS
     ]
-    metafunc.parametrize(
-        ("store_name", "anyio_backend"), cases, ids=[f"{n}-{b}" for n, b in cases]
-    )
+    metafunc.parametrize(("store_name", "anyio_backend"), cases, ids=[f"{n}-{b}" for n, b in cases])
 
 
 @pytest.fixture

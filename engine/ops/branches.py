@@ -15,7 +15,7 @@ handlers is replayed (no step executes) so its handlers are registered again.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -130,7 +130,8 @@ async def run_join(site: Site, fns: dict[str, BranchFn]) -> dict[str, Any]:
     if outcomes.errors:
         raise JoinError(
             f"{run.describe(site.location)}: {len(outcomes.errors)} of {len(names)} branches "
-            f"failed: " + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in outcomes.errors.items()),
+            f"failed: "
+            + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in outcomes.errors.items()),
             outcomes.errors,
         )
     return {name: outcomes.values[name] for name in names}
@@ -166,7 +167,9 @@ async def run_race(site: Site, fns: dict[str, BranchFn]) -> RaceResult:
             outcomes.errors,
         )
     name = winner[0]
-    encoded = codec.encode(outcomes.values[name], f"{run.describe(site.location)} branch {name!r} output")
+    encoded = codec.encode(
+        outcomes.values[name], f"{run.describe(site.location)} branch {name!r} output"
+    )
     for loser in names:
         if loser != name:
             index = run.storage.names.intern(loser, run.storage.pending)
@@ -193,7 +196,10 @@ def _subtree(node: Node) -> list[tuple[Any, Node]]:
 
 
 async def _in_task_group(
-    run: Run, names: list[str], task: Callable[..., Awaitable[None]], pass_scope: bool = False
+    run: Run,
+    names: list[str],
+    task: Callable[..., Coroutine[Any, Any, None]],
+    pass_scope: bool = False,
 ) -> None:
     """Run one task per branch while the parent counts as blocked, not active."""
     run.scheduler.enter(len(names))

@@ -47,13 +47,20 @@ class LoopOptions:
 
     @classmethod
     def checked(
-        cls, run: Run, name: str, commit_interval: int, history_every: int | None, history_keep: int | None
+        cls,
+        run: Run,
+        name: str,
+        commit_interval: int,
+        history_every: int | None,
+        history_keep: int | None,
     ) -> LoopOptions:
         where = f"workflow {run.workflow_id!r} loop {name!r}"
         every = commit_interval if history_every is None else history_every
         keep = commit_interval if history_keep is None else history_keep
         for label, value, low in (
-            ("commit_interval", commit_interval, 1), ("history_every", every, 1), ("history_keep", keep, 0)
+            ("commit_interval", commit_interval, 1),
+            ("history_every", every, 1),
+            ("history_keep", keep, 0),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{where}: {label} must be an int >= {low}, got {value!r}")

@@ -33,11 +33,15 @@ def validate(
     if names is None:
         return None
     if isinstance(names, str) or not all(isinstance(n, str) and n for n in names) or not names:
-        raise ValueError(f"{where}: names must be None or a non-empty list of message names, got {names!r}")
+        raise ValueError(
+            f"{where}: names must be None or a non-empty list of message names, got {names!r}"
+        )
     return frozenset(names)
 
 
-async def run_next(site: Site, names: frozenset[str] | None, count: int, timeout: float | None) -> list[Any]:
+async def run_next(
+    site: Site, names: frozenset[str] | None, count: int, timeout: float | None
+) -> list[Any]:
     entry = site.node.entry
     if entry is not None and entry.get("d"):
         return list(entry["m"])

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 
 
 def check_seconds(run: Run, name: str, seconds: float) -> None:
-    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or not math.isfinite(seconds) or seconds < 0:
+    if (
+        not isinstance(seconds, int | float)
+        or isinstance(seconds, bool)
+        or not math.isfinite(seconds)
+        or seconds < 0
+    ):
         raise ValueError(
             f"workflow {run.workflow_id!r} sleep {name!r}: seconds must be a finite number "
             f">= 0, got {seconds!r}"
@@ -27,7 +32,11 @@ def check_seconds(run: Run, name: str, seconds: float) -> None:
 
 
 def check_timestamp(run: Run, name: str, timestamp: float) -> None:
-    if not isinstance(timestamp, int | float) or isinstance(timestamp, bool) or not math.isfinite(timestamp):
+    if (
+        not isinstance(timestamp, int | float)
+        or isinstance(timestamp, bool)
+        or not math.isfinite(timestamp)
+    ):
         raise ValueError(
             f"workflow {run.workflow_id!r} sleep {name!r}: timestamp must be a finite Unix time "
             f"in seconds, got {timestamp!r}"

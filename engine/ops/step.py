@@ -61,12 +61,23 @@ class StepOptions:
             raise TypeError(f"{where}: fn must be a zero-argument callable, got {fn!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"{where}: max_retries must be an int >= 0, got {max_retries!r}")
-        for label, value in (("retry_backoff_base", backoff_base), ("retry_backoff_max", backoff_max), ("timeout", timeout)):
+        for label, value in (
+            ("retry_backoff_base", backoff_base),
+            ("retry_backoff_max", backoff_max),
+            ("timeout", timeout),
+        ):
             if not isinstance(value, int | float) or value < 0 or math.isnan(value):
                 raise ValueError(f"{where}: {label} must be a number >= 0, got {value!r}")
         if rollback is not None and not callable(rollback):
             raise TypeError(f"{where}: rollback must be an async callable (rctx, output)")
-        return cls(max_retries, float(backoff_base), float(backoff_max), float(timeout), ephemeral, rollback)
+        return cls(
+            max_retries,
+            float(backoff_base),
+            float(backoff_max),
+            float(timeout),
+            ephemeral,
+            rollback,
+        )
 
     def backoff(self, attempt: int) -> float:
         """Delay before attempt ``attempt + 1``: base * 2^(attempt-1), capped; no jitter."""
