@@ -301,7 +301,7 @@ class MemoryStore:
     ) -> list[Lease]:
         now = time.time() if now is None else now
         claimed: list[Lease] = []
-        for workflow_id, _ in self._alarms.due(now, len(self._alarms.wake_at)):
+        for workflow_id, wake_at in self._alarms.due(now, len(self._alarms.wake_at)):
             if len(claimed) >= limit:
                 break
             held = self._leases.get(workflow_id)
@@ -309,7 +309,7 @@ class MemoryStore:
                 continue
             token = self._tokens.get(workflow_id, 0) + 1
             self._tokens[workflow_id] = token
-            claim = Lease(workflow_id, owner, token, now + lease)
+            claim = Lease(workflow_id, owner, token, now + lease, wake_at)
             self._leases[workflow_id] = claim
             claimed.append(claim)
         return claimed
@@ -318,7 +318,9 @@ class MemoryStore:
         current = self._leases.get(lease.workflow_id)
         if current is None or current.token != lease.token or current.expires_at <= time.time():
             return None
-        renewed = Lease(lease.workflow_id, lease.owner, lease.token, time.time() + duration)
+        renewed = Lease(
+            lease.workflow_id, lease.owner, lease.token, time.time() + duration, lease.wake_at
+        )
         self._leases[lease.workflow_id] = renewed
         return renewed
 
@@ -329,6 +331,10 @@ class MemoryStore:
 
     def fenced_driver(self, lease: Lease) -> MemoryDriver:
         return _FencedMemoryDriver(self, lease, **self._driver_kwargs(lease.workflow_id))
+
+    async def settle_alarm(self, workflow_id: str, wake_at: float) -> None:
+        if self._alarms.wake_at.get(workflow_id) == wake_at:
+            del self._alarms.wake_at[workflow_id]
 
     async def wait_for_due(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):

@@ -22,6 +22,7 @@ class Lease:
     owner: str
     token: int
     expires_at: float
+    wake_at: float | None = None  # the due alarm this claim was made for
 
 
 @runtime_checkable
@@ -47,6 +48,9 @@ class WorkerStore(Store, Protocol):
       ``delete_prefix``, ``delete_range`` and ``batch`` apply only if the lease's token is
       current and unexpired, checked in the same atomic operation as the write; otherwise
       they raise ``engine.errors.LeaseLostError`` and write nothing.
+    - ``settle_alarm(workflow_id, wake_at)`` deletes the alarm only if it still holds
+      ``wake_at`` (compare-and-delete): a worker consumes the alarm it claimed, while one
+      set meanwhile (a message, the run's next deadline) survives.
     - ``wait_for_due(timeout)`` returns when an alarm may have become due (a pub/sub or
       LISTEN/NOTIFY wake-up where the backend has one) or after ``timeout`` seconds.
     """
@@ -61,4 +65,5 @@ class WorkerStore(Store, Protocol):
     async def renew(self, lease: Lease, duration: float) -> Lease | None: ...
     async def release(self, lease: Lease) -> None: ...
     def fenced_driver(self, lease: Lease) -> EngineDriver: ...
+    async def settle_alarm(self, workflow_id: str, wake_at: float) -> None: ...
     async def wait_for_due(self, timeout: float) -> None: ...

@@ -301,6 +301,7 @@ class WorkerStoreConformance:
                 if c.workflow_id == wid
             ]
             assert len(first) == 1 and first[0].owner == "w1"
+            assert first[0].wake_at is not None and abs(first[0].wake_at - (now - 1)) < 1e-3
             again = await conformance_store.claim_due("w2", 30.0, 1000, now=now)
             assert wid not in {c.workflow_id for c in again}
             fenced = conformance_store.fenced_driver(first[0])
@@ -343,6 +344,19 @@ class WorkerStoreConformance:
         try:
             claimed = await conformance_store.claim_due("w1", 30.0, 1000, now=now)
             assert wid not in {c.workflow_id for c in claimed}
+        finally:
+            await driver.clear_alarm(wid)
+
+    async def test_settle_alarm_is_compare_and_delete(self, conformance_store: Any) -> None:
+        wid = _wid("settle")
+        driver = conformance_store.driver(wid)
+        now = time.time()
+        try:
+            await driver.set_alarm(wid, now - 5)
+            await conformance_store.settle_alarm(wid, now - 4)  # not the alarm it holds: kept
+            assert wid in {w for w, _ in await conformance_store.due_alarms(now=now)}
+            await conformance_store.settle_alarm(wid, now - 5)
+            assert wid not in {w for w, _ in await conformance_store.due_alarms(now=now + 7200)}
         finally:
             await driver.clear_alarm(wid)
 
