@@ -42,7 +42,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests that use ``store`` run once per (store, event loop) pair the store supports."""
     if "store_name" not in metafunc.fixturenames:
         if "anyio_backend" in metafunc.fixturenames:
-            metafunc.parametrize("anyio_backend", BACKENDS)
+            # A test module may narrow the loops (the Redis client runs on asyncio only).
+            metafunc.parametrize("anyio_backend", getattr(metafunc.module, "BACKENDS", BACKENDS))
         return
     cases = [
         (name, backend)

@@ -1,0 +1,518 @@
+"""Redis driver and store: many workers in many processes share one Redis.
+
+Key layout (``N`` = the store's namespace, ``W`` = the workflow id's UTF-8 bytes in hex, so
+no id can forge a separator or a hash tag; ``{#W}`` keeps one workflow's keys in one slot,
+even for the empty id):
+
+=========================  ======  ===================================================
+``N:w:{#W}:kv``            hash    driver key -> value
+``N:w:{#W}:ix``            zset    driver keys, all scored 0: ZRANGEBYLEX is byte order
+``N:w:{#W}:lease``         hash    ``token`` (grows per claim), ``owner``, ``exp``
+``N:s:{N}:alarms``         zset    workflow id scored by wake time
+``N:s:{N}:info``           hash    ``n<id>`` -> registered name, ``s<id>`` -> state
+``N:s:{N}:all``            zset    every registered id (score 0, listed in order)
+``N:s:{N}:state:<state>``  zset    registered ids in that state
+=========================  ======  ===================================================
+
+Channels: ``N:msg:W`` (a message was written for W) and ``N:due`` (an alarm was set).
+
+Every write of a driver is one Lua script (EVALSHA, reloaded on NOSCRIPT) that checks the
+lease when the driver is fenced, then updates the hash and the index together, so a batch is
+atomic and costs one round trip. ``claim_due`` derives lease keys from alarm members inside
+its script, so it needs a single Redis primary (not a cluster).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Any, cast
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
+from engine.errors import LeaseLostError, SerializationError, StorageError
+from engine.store import Lease
+
+STORE = "redis store"
+# Redis caps a bulk string (and so a hash value or zset member) at 512 MiB by default
+# (proto-max-bulk-len); a whole request is capped at 1 GiB (client-query-buffer-limit).
+MAX_VALUE_BYTES = 512 * 1024 * 1024
+MAX_BATCH_BYTES = 1024 * 1024 * 1024 - 1024 * 1024
+DEFAULT_RETRIES = 3
+# How long one pub/sub read waits before looping; keeps reads short and cancellable.
+_PUBSUB_READ_SECONDS = 1.0
+_SUBSCRIBE_CONFIRM_SECONDS = 5.0
+
+_LEASE_CHECK = """
+local function lease_lost(lease, token, now)
+  if redis.call('HGET', lease, 'token') ~= token then return true end
+  local exp = redis.call('HGET', lease, 'exp')
+  return (not exp) or tonumber(exp) <= tonumber(now)
+end
+"""
+
+# KEYS: kv, ix, lease. ARGV: token ('' = unfenced), now, then (op, a, b) triples:
+# S key value | D key - | R min max (ZRANGEBYLEX bounds). Chunks of 1000: unpack() has a
+# stack limit.
+_WRITE = _LEASE_CHECK + """
+if ARGV[1] ~= '' and lease_lost(KEYS[3], ARGV[1], ARGV[2]) then return 0 end
+for i = 3, #ARGV, 3 do
+  local op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if op == 'S' then
+    redis.call('HSET', KEYS[1], a, b)
+    redis.call('ZADD', KEYS[2], 0, a)
+  elseif op == 'D' then
+    redis.call('HDEL', KEYS[1], a)
+    redis.call('ZREM', KEYS[2], a)
+  else
+    while true do
+      local doomed = redis.call('ZRANGEBYLEX', KEYS[2], a, b, 'LIMIT', 0, 1000)
+      if #doomed == 0 then break end
+      redis.call('HDEL', KEYS[1], unpack(doomed))
+      redis.call('ZREM', KEYS[2], unpack(doomed))
+    end
+  end
+end
+return 1
+"""
+
+# KEYS: kv, ix. ARGV: min, max. Returns key1, value1, key2, value2, ... in byte order.
+_LIST = """
+local keys = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2])
+local out = {}
+for i = 1, #keys, 1000 do
+  local chunk = {unpack(keys, i, math.min(i + 999, #keys))}
+  local values = redis.call('HMGET', KEYS[1], unpack(chunk))
+  for j = 1, #chunk do
+    if values[j] then out[#out + 1] = chunk[j]; out[#out + 1] = values[j] end
+  end
+end
+return out
+"""
+
+# KEYS: alarms. ARGV: now, expires, limit, owner, lease key head, lease key tail.
+_CLAIM = """
+local function hex(s)
+  return (s:gsub('.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
+local out, claimed, offset = {}, 0, 0
+while claimed < limit do
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
+                         'LIMIT', offset, 256)
+  if #due == 0 then break end
+  offset = offset + #due / 2
+  for i = 1, #due, 2 do
+    local id = due[i]
+    local lease = ARGV[5] .. hex(id) .. ARGV[6]
+    local exp = redis.call('HGET', lease, 'exp')
+    if claimed < limit and ((not exp) or tonumber(exp) <= now) then
+      local token = redis.call('HINCRBY', lease, 'token', 1)
+      redis.call('HSET', lease, 'owner', ARGV[4], 'exp', ARGV[2])
+      out[#out + 1] = id; out[#out + 1] = token; out[#out + 1] = due[i + 1]
+      claimed = claimed + 1
+    end
+  end
+end
+return out
+"""
+
+# KEYS: alarms. ARGV: workflow id, the wake time the claim saw.
+_SETTLE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: token, now, new expiry ('' releases).
+_RENEW = _LEASE_CHECK + """
+if ARGV[3] == '' then
+  if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
+    redis.call('HDEL', KEYS[1], 'owner', 'exp')
+  end
+  return 1
+end
+if lease_lost(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'exp', ARGV[3])
+return 1
+"""
+
+# KEYS: info, all, state set. ARGV: id, name ('' = keep), state, state key head, create-only.
+_INDEX = """
+local named = redis.call('HSETNX', KEYS[1], 'n' .. ARGV[1], ARGV[2])
+if named == 0 and ARGV[5] == '1' then return 0 end
+local old = redis.call('HGET', KEYS[1], 's' .. ARGV[1])
+if old then redis.call('ZREM', ARGV[4] .. old, ARGV[1]) end
+redis.call('HSET', KEYS[1], 's' .. ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+return 1
+"""
+
+
+@contextmanager
+def _map_errors(operation: str) -> Iterator[None]:
+    """Turn any client failure into the engine's StorageError, naming the operation."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:  # OSError: a socket error redis-py did not wrap
+        raise StorageError(STORE, operation, exc) from exc
+
+
+def _check_sizes(writes: Sequence[tuple[object, object]]) -> None:
+    """Reject non-bytes and oversized data before anything is sent, so nothing half-lands."""
+    total = 0
+    for key, value in writes:
+        if not isinstance(key, bytes | bytearray):
+            raise TypeError(f"driver keys are bytes, got {type(key).__name__}")
+        if value is not None and not isinstance(value, bytes | bytearray):
+            raise TypeError(f"driver values are bytes or None, got {type(value).__name__}")
+        for part in (key, value or b""):
+            if len(part) > MAX_VALUE_BYTES:
+                raise SerializationError(
+                    f"{STORE}: key {bytes(key[:64])!r} holds {len(part)} bytes, over the "
+                    f"{MAX_VALUE_BYTES}-byte limit of a Redis string"
+                )
+        total += len(key) + len(value or b"")
+    if total > MAX_BATCH_BYTES:
+        raise SerializationError(
+            f"{STORE}: batch of {len(writes)} writes holds {total} bytes, over the "
+            f"{MAX_BATCH_BYTES}-byte limit of one Redis request"
+        )
+
+
+def _prefix_bounds(prefix: bytes) -> tuple[bytes, bytes]:
+    """ZRANGEBYLEX bounds of every key starting with ``prefix`` (0xff tails included)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return (b"[" + prefix if prefix else b"-"), b"+"
+    return b"[" + prefix, b"(" + stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+async def _close(pubsub: PubSub) -> None:
+    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+
+
+class _Wakeups:
+    """Yields None for each message published on one subscribed channel."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+
+    def __aiter__(self) -> _Wakeups:
+        return self
+
+    async def __anext__(self) -> None:
+        while True:
+            with _map_errors("subscribe"):
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=_PUBSUB_READ_SECONDS
+                )
+            if message is not None:
+                return None
+
+
+class RedisDriver:
+    """One workflow's namespace in Redis; fenced when built with a lease."""
+
+    def __init__(self, store: RedisStore, workflow_id: str, lease: Lease | None = None) -> None:
+        self.worker_poll_interval = store.worker_poll_interval
+        self._store = store
+        self._workflow_id = workflow_id
+        self._lease = lease
+        head = store._workflow_head(workflow_id)
+        self._keys = [head + ":kv", head + ":ix", head + ":lease"]
+        self._channel = f"{store.namespace}:msg:{workflow_id.encode().hex()}"
+
+    async def _write(self, operation: str, ops: list[bytes | str]) -> None:
+        token = "" if self._lease is None else str(self._lease.token)
+        with _map_errors(operation):
+            applied = await self._store._scripts["write"](
+                keys=self._keys, args=[token, repr(time.time()), *ops]
+            )
+        if not applied:
+            raise LeaseLostError(STORE, f"{operation} of workflow {self._workflow_id!r}")
+
+    async def get(self, key: bytes) -> bytes | None:
+        with _map_errors("get"):
+            return cast("bytes | None", await self._store._client.hget(self._keys[0], bytes(key)))
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        _check_sizes([(key, value)])
+        await self._write("set", ["S", bytes(key), bytes(value)])
+
+    async def delete(self, key: bytes) -> None:
+        await self._write("delete", ["D", bytes(key), ""])
+
+    async def delete_prefix(self, prefix: bytes) -> None:
+        await self._write("delete_prefix", ["R", *_prefix_bounds(prefix)])
+
+    async def delete_range(self, start: bytes, end: bytes) -> None:
+        if start >= end:
+            return  # empty range; no round trip (a fenced driver writes nothing either way)
+        await self._write("delete_range", ["R", b"[" + start, b"(" + end])
+
+    async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        with _map_errors("list"):
+            flat = await self._store._scripts["list"](
+                keys=self._keys[:2], args=list(_prefix_bounds(prefix))
+            )
+        return list(zip(flat[::2], flat[1::2], strict=True))
+
+    async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        _check_sizes(writes)
+        # Later writes of a key win, so the script applies each key once.
+        last = {bytes(k): None if v is None else bytes(v) for k, v in writes}
+        if not last:
+            return
+        ops: list[bytes | str] = []
+        for key, value in last.items():
+            ops += ["D", key, ""] if value is None else ["S", key, value]
+        await self._write("batch", ops)
+
+    async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
+        await self._store._set_alarm(workflow_id, wake_at)
+
+    async def clear_alarm(self, workflow_id: str) -> None:
+        with _map_errors("clear_alarm"):
+            await self._store._client.zrem(self._store._alarms, workflow_id)
+
+    # Live mode (engine.driver.WakeSource / Notifier): Redis pub/sub, across processes.
+
+    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[None]]:
+        return self._store._subscribe(self._channel)
+
+    async def notify(self, workflow_id: str) -> None:
+        # Like MemoryDriver: the engine only notifies the workflow whose driver it wrote with.
+        with _map_errors("notify"):
+            await self._store._client.publish(self._channel, b"")
+
+
+class RedisStore:
+    """Owns the connection pool, the alarm index, the worker index and leases.
+
+    Build it with ``await RedisStore.connect(url)``; ``namespace`` prefixes every key and
+    channel, so stores with different namespaces never see each other.
+    """
+
+    def __init__(
+        self, client: aioredis.Redis, *, namespace: str, worker_poll_interval: float
+    ) -> None:
+        if not namespace or "{" in namespace or "}" in namespace:
+            raise ValueError(f"namespace must be non-empty without braces: {namespace!r}")
+        self.namespace = namespace
+        self.worker_poll_interval = worker_poll_interval
+        self._client = client
+        head = f"{namespace}:s:{{{namespace}}}"
+        self._alarms, self._info, self._all = f"{head}:alarms", f"{head}:info", f"{head}:all"
+        self._state_head = f"{head}:state:"
+        self._due_channel = f"{namespace}:due"
+        self._due_pubsub: PubSub | None = None
+        self._due_lock, self._due_setup_lock = anyio.Lock(), anyio.Lock()
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in {
+                "write": _WRITE, "list": _LIST, "claim": _CLAIM, "renew": _RENEW, "index": _INDEX,
+                "settle": _SETTLE,
+            }.items()
+        }
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        namespace: str = "durable",
+        worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
+        **client_options: Any,
+    ) -> RedisStore:
+        """Connect and check the server answers; ``client_options`` go to redis-py.
+
+        A dropped connection is retried (``DEFAULT_RETRIES`` times unless ``retry`` is given):
+        every write is a script that sets a final state, so resending one whose reply was
+        lost is harmless, and a script never runs halfway.
+        """
+        client_options.setdefault(
+            "retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), DEFAULT_RETRIES)
+        )
+        client = aioredis.Redis.from_url(url, **client_options)
+        try:
+            with _map_errors("connect"):
+                await client.ping()
+        except BaseException:
+            await client.aclose()
+            raise
+        return cls(client, namespace=namespace, worker_poll_interval=worker_poll_interval)
+
+    def _workflow_head(self, workflow_id: str) -> str:
+        return f"{self.namespace}:w:{{#{workflow_id.encode().hex()}}}"
+
+    def driver(self, workflow_id: str) -> RedisDriver:
+        return RedisDriver(self, workflow_id)
+
+    def fenced_driver(self, lease: Lease) -> RedisDriver:
+        return RedisDriver(self, lease.workflow_id, lease)
+
+    async def _set_alarm(self, workflow_id: str, wake_at: float) -> None:
+        with _map_errors("set_alarm"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.zadd(self._alarms, {workflow_id: wake_at})
+                pipe.publish(self._due_channel, b"")
+                await pipe.execute()
+
+    async def due_alarms(
+        self, now: float | None = None, limit: int = 100
+    ) -> list[tuple[str, float]]:
+        cutoff = time.time() if now is None else now
+        with _map_errors("due_alarms"):
+            rows: list[tuple[bytes, float]] = await self._client.zrangebyscore(
+                self._alarms, "-inf", repr(cutoff), start=0, num=limit, withscores=True
+            )  # type: ignore[assignment]
+        return [(member.decode(), float(score)) for member, score in rows]
+
+    @asynccontextmanager
+    async def _subscribe(self, channel: str) -> AsyncIterator[AsyncIterator[None]]:
+        pubsub = self._client.pubsub()
+        try:
+            await self._confirm_subscription(pubsub, channel)
+            yield _Wakeups(pubsub)
+        finally:
+            with anyio.CancelScope(shield=True), _map_errors("unsubscribe"):
+                await _close(pubsub)
+
+    async def _confirm_subscription(self, pubsub: PubSub, channel: str) -> None:
+        """Subscribe and wait for the server's confirmation: no publish after it is missed."""
+        with _map_errors("subscribe"):
+            await pubsub.subscribe(channel)
+            deadline = time.monotonic() + _SUBSCRIBE_CONFIRM_SECONDS
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = await pubsub.get_message(timeout=remaining)
+                if message is not None and message["type"] == "subscribe":
+                    return
+        raise StorageError(STORE, f"subscribe to {channel!r} (no confirmation)")
+
+    # Worker support (engine.store.WorkerStore).
+
+    async def _index(self, workflow_id: str, name: str, state: str, create_only: bool) -> bool:
+        keys = [self._info, self._all, self._state_head + state]
+        args = [workflow_id, name, state, self._state_head, "1" if create_only else "0"]
+        with _map_errors("register_workflow" if create_only else "set_index_state"):
+            return bool(await self._scripts["index"](keys=keys, args=args))
+
+    async def register_workflow(self, workflow_id: str, name: str, state: str) -> bool:
+        return await self._index(workflow_id, name, state, create_only=True)
+
+    async def set_index_state(self, workflow_id: str, state: str) -> None:
+        await self._index(workflow_id, "", state, create_only=False)
+
+    async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
+        with _map_errors("workflow_info"):
+            fields = await self._client.hmget(self._info, "n" + workflow_id, "s" + workflow_id)
+        name, state = cast("list[bytes | None]", fields)
+        if name is None:
+            return None
+        return name.decode(), (state or b"").decode()
+
+    async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]:
+        key = self._all if state is None else self._state_head + state
+        with _map_errors("list_workflows"):
+            ids: list[bytes] = await self._client.zrangebylex(  # type: ignore[assignment]
+                key, "-", "+", start=0, num=limit
+            )
+        return [member.decode() for member in ids]
+
+    async def claim_due(
+        self, owner: str, lease: float, limit: int, now: float | None = None
+    ) -> list[Lease]:
+        now = time.time() if now is None else now
+        expires = now + lease
+        head, tail = f"{self.namespace}:w:{{#", "}:lease"
+        args: list[str | int] = [repr(now), repr(expires), limit, owner, head, tail]
+        with _map_errors("claim_due"):
+            flat = await self._scripts["claim"](keys=[self._alarms], args=args)
+        return [
+            Lease(wid.decode(), owner, int(token), expires, float(score))
+            for wid, token, score in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        ]
+
+    async def renew(self, lease: Lease, duration: float) -> Lease | None:
+        now = time.time()
+        key = self._workflow_head(lease.workflow_id) + ":lease"
+        args = [str(lease.token), repr(now), repr(now + duration)]
+        with _map_errors("renew"):
+            renewed = await self._scripts["renew"](keys=[key], args=args)
+        if not renewed:
+            return None
+        return Lease(lease.workflow_id, lease.owner, lease.token, now + duration, lease.wake_at)
+
+    async def release(self, lease: Lease) -> None:
+        key = self._workflow_head(lease.workflow_id) + ":lease"
+        with _map_errors("release"):
+            await self._scripts["renew"](keys=[key], args=[str(lease.token), "0", ""])
+
+    async def settle_alarm(self, workflow_id: str, wake_at: float) -> None:
+        with _map_errors("settle_alarm"):
+            await self._scripts["settle"](keys=[self._alarms], args=[workflow_id, repr(wake_at)])
+
+    async def wait_for_due(self, timeout: float) -> None:
+        """Return on the next ``set_alarm`` anywhere, or after ``timeout`` seconds.
+
+        One subscription lives as long as the store, so an alarm set between two calls is
+        still buffered on the connection and seen by the next call.
+        """
+        deadline = time.monotonic() + timeout
+        pubsub = await self._due_subscription()
+        with anyio.move_on_after(timeout):
+            async with self._due_lock:
+                while (remaining := deadline - time.monotonic()) > 0:
+                    with _map_errors("wait_for_due"):
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True,
+                            timeout=min(remaining, _PUBSUB_READ_SECONDS),
+                        )
+                        if message is None:
+                            continue
+                        # Several alarms set meanwhile call for one claim pass, not many.
+                        while await pubsub.get_message(timeout=0) is not None:
+                            pass
+                    return
+
+    async def _due_subscription(self) -> PubSub:
+        # Shielded (subscribing has its own time limit): even a zero timeout leaves the store
+        # holding the subscription that buffers wake-ups for the next call.
+        with anyio.CancelScope(shield=True):
+            async with self._due_setup_lock:
+                if self._due_pubsub is None:
+                    pubsub = self._client.pubsub()
+                    try:
+                        await self._confirm_subscription(pubsub, self._due_channel)
+                    except BaseException:
+                        await _close(pubsub)
+                        raise
+                    self._due_pubsub = pubsub
+        if self._due_pubsub is None:  # close() ran meanwhile
+            raise StorageError(STORE, "wait_for_due (store closed)")
+        return self._due_pubsub
+
+    async def close(self) -> None:
+        """Close the wake-up subscription and every pooled connection."""
+        with anyio.CancelScope(shield=True), _map_errors("close"):
+            if self._due_pubsub is not None:
+                await _close(self._due_pubsub)
+                self._due_pubsub = None
+            await self._client.aclose()
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

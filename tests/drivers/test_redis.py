@@ -1,0 +1,236 @@
+"""Redis-specific behaviour beyond the shared conformance suites.
+
+Limits, dropped connections, round trips, key isolation and pub/sub wake-ups: the things a
+Redis deployment gets wrong that an in-memory driver cannot show.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+import drivers.redis as redis_driver
+from drivers.redis import RedisStore
+from engine.errors import LeaseLostError, SerializationError, StorageError
+from tests.support.redis_store import open_store
+from tests.support.services import REDIS_URL
+
+pytestmark = pytest.mark.anyio
+
+if os.environ.get("ENGINE_TEST_STORES") and "redis" not in os.environ["ENGINE_TEST_STORES"]:
+    pytest.skip("ENGINE_TEST_STORES excludes redis", allow_module_level=True)
+
+ODD_IDS = ["a", "a:kv", "a}:kv", "{a}", "*", "a*", "é☃ ünï", "x" * 1024, "a:w:{61}:kv", ""]
+
+
+BACKENDS = ("asyncio",)  # redis-py's asyncio client runs on asyncio only
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[RedisStore]:
+    async with open_store() as opened:
+        yield opened
+
+
+@pytest.fixture
+async def admin() -> AsyncIterator[Any]:
+    client = aioredis.Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+class CommandLog:
+    """Records every command the store's client sends (one entry per round trip)."""
+
+    def __init__(self, store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        inner: Any = store._client.execute_command
+
+        async def execute_command(*args: Any, **options: Any) -> Any:
+            self.names.append(str(args[0]).upper())
+            return await inner(*args, **options)
+
+        monkeypatch.setattr(store._client, "execute_command", execute_command)
+
+
+async def test_value_too_large_raises_before_writing(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = store.driver("big")
+    await driver.set(b"keep", b"old")
+    monkeypatch.setattr(redis_driver, "MAX_VALUE_BYTES", 16)
+    log = CommandLog(store, monkeypatch)
+    with pytest.raises(SerializationError, match=r"redis store.*'huge'.*17 bytes"):
+        await driver.set(b"huge", b"x" * 17)
+    with pytest.raises(SerializationError, match="redis store"):
+        await driver.batch([(b"keep", b"new"), (b"huge", b"x" * 17)])
+    assert log.names == []  # rejected before anything reached Redis
+    assert await driver.list(b"") == [(b"keep", b"old")]
+
+
+async def test_batch_and_list_are_one_round_trip_without_keys_or_scan(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = store.driver("trips")
+    await driver.batch([(b"warm", b"up")])  # loads the script once (NOSCRIPT fallback)
+    log = CommandLog(store, monkeypatch)
+    await driver.batch([(bytes([i]), b"v%d" % i) for i in range(200)] + [(b"warm", None)])
+    assert log.names == ["EVALSHA"]
+    listed = await driver.list(b"")
+    await driver.list(b"\x10")
+    assert log.names == ["EVALSHA"] * 3
+    assert [k for k, _ in listed] == [bytes([i]) for i in range(200)]
+    # The scripts themselves never enumerate the keyspace either.
+    for source in (redis_driver._WRITE, redis_driver._LIST, redis_driver._CLAIM):
+        assert "'KEYS'" not in source and "SCAN" not in source
+
+
+async def test_batch_survives_flushed_script_cache(store: RedisStore, admin: Any) -> None:
+    driver = store.driver("noscript")
+    await driver.batch([(b"a", b"1")])
+    await admin.script_flush()
+    await driver.batch([(b"a", b"2"), (b"b", b"2")])
+    assert await driver.list(b"") == [(b"a", b"2"), (b"b", b"2")]
+
+
+async def test_more_keys_than_one_script_chunk(store: RedisStore) -> None:
+    driver = store.driver("chunks")
+    keys = [b"k%05d" % i for i in range(2500)]
+    await driver.batch([(key, key) for key in keys])
+    assert [k for k, _ in await driver.list(b"k")] == keys
+    await driver.delete_range(b"k00100", b"k02400")
+    assert len(await driver.list(b"")) == 200
+    await driver.delete_prefix(b"")
+    assert await driver.list(b"") == []
+
+
+async def _kill_clients(admin: Any, name: str) -> int:
+    killed = 0
+    for client in await admin.client_list():
+        if client.get("name") == name:
+            await admin.execute_command("CLIENT", "KILL", "ID", client["id"])
+            killed += 1
+    return killed
+
+
+async def test_killed_connection_never_half_writes_a_batch(admin: Any) -> None:
+    name = f"durable-kill-{os.getpid()}-{time.monotonic_ns()}"
+    namespace = f"t_redis_kill_{time.monotonic_ns()}"
+    store = await RedisStore.connect(REDIS_URL, namespace=namespace, client_name=name)
+    try:
+        await _batches_survive_kills(store, admin, name)
+    finally:
+        async for key in admin.scan_iter(match=f"{namespace}:*"):
+            await admin.unlink(key)
+        await store.close()
+
+
+async def _batches_survive_kills(store: RedisStore, admin: Any, name: str) -> None:
+    driver = store.driver("victim")
+    keys = [b"k%02d" % i for i in range(20)]
+    await driver.batch([(key, b"0") for key in keys])
+    assert await _kill_clients(admin, name) >= 1
+    await driver.batch([(key, b"1") for key in keys])  # redis-py reconnects and retries
+    assert {v for _, v in await driver.list(b"")} == {b"1"}
+
+    outcomes = {"ok": 0, "storage_error": 0, "kills": 0}
+    stop = anyio.Event()
+
+    async def writer() -> None:
+        generation = 2
+        while not stop.is_set():
+            try:
+                await driver.batch([(key, b"%d" % generation) for key in keys])
+                outcomes["ok"] += 1
+            except StorageError:  # allowed, as long as the batch did not half-land
+                outcomes["storage_error"] += 1
+            generation += 1
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        for _ in range(8):
+            await anyio.sleep(0.01)
+            outcomes["kills"] += await _kill_clients(admin, name)
+        stop.set()
+    values = [v for _, v in await driver.list(b"")]
+    assert len(values) == 20 and len(set(values)) == 1  # every key from the same batch
+    assert outcomes["kills"] >= 3 and outcomes["ok"] > 5
+
+
+async def test_subscribe_wakes_on_notify_from_another_process(store: RedisStore) -> None:
+    other = await RedisStore.connect(REDIS_URL, namespace=store.namespace)
+    try:
+        async with store.driver("live").subscribe() as wakeups:
+            await other.driver("elsewhere").notify("elsewhere")
+            await other.driver("live").notify("live")
+            with anyio.fail_after(3):
+                await wakeups.__anext__()
+            with anyio.move_on_after(0.2) as scope:  # "elsewhere" did not reach this one
+                await wakeups.__anext__()
+            assert scope.cancelled_caught
+    finally:
+        await other.close()
+
+
+async def test_wait_for_due_returns_on_set_alarm(store: RedisStore) -> None:
+    await store.wait_for_due(0.0)  # subscribes; later alarms are buffered, never missed
+    other = await RedisStore.connect(REDIS_URL, namespace=store.namespace)
+    try:
+        await other.driver("due").set_alarm("due", time.time())
+        started = time.monotonic()
+        await store.wait_for_due(5.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        await other.close()
+
+
+async def test_odd_workflow_ids_are_isolated_and_claimable(store: RedisStore) -> None:
+    for index, wid in enumerate(ODD_IDS):
+        await store.driver(wid).batch([(b"k", b"%d" % index), (b"own%d" % index, b"x")])
+    for index, wid in enumerate(ODD_IDS):
+        expected = [(b"k", b"%d" % index), (b"own%d" % index, b"x")]
+        assert await store.driver(wid).list(b"") == expected
+    # Every workflow key carries its id in hex inside one hash tag: no id forges a separator.
+    client = store._client
+    names = [key.decode() async for key in client.scan_iter(match=f"{store.namespace}:w:*")]
+    assert names and all(n.count("{") == 1 and n.count("}") == 1 for n in names)
+
+    now = time.time()
+    for wid in ODD_IDS:
+        await store.driver(wid).set_alarm(wid, now - 1)
+    claims = {c.workflow_id: c for c in await store.claim_due("w1", 30.0, 100, now=now)}
+    assert set(claims) == set(ODD_IDS)
+    for index, wid in enumerate(ODD_IDS):  # the script's lease key matches the driver's
+        await store.fenced_driver(claims[wid]).set(b"k", b"fenced%d" % index)
+        assert await store.driver(wid).get(b"k") == b"fenced%d" % index
+        await store.release(claims[wid])
+        with pytest.raises(LeaseLostError):
+            await store.fenced_driver(claims[wid]).delete_prefix(b"")
+        await store.driver(wid).clear_alarm(wid)
+    assert await store.due_alarms(now=now + 10) == []
+
+
+async def test_fenced_writes_stop_when_the_lease_expires(store: RedisStore) -> None:
+    wid = "expiring"
+    await store.driver(wid).set_alarm(wid, time.time() - 1)
+    [lease] = await store.claim_due("w1", 0.2, 10)
+    fenced = store.fenced_driver(lease)
+    await fenced.batch([(b"a", b"1")])
+    await anyio.sleep(0.3)
+    with pytest.raises(LeaseLostError, match="expiring"):
+        await fenced.batch([(b"a", b"2"), (b"b", b"2")])
+    with pytest.raises(LeaseLostError):
+        await fenced.delete_range(b"a", b"z")
+    assert await store.renew(lease, 30.0) is None
+    assert await store.driver(wid).list(b"") == [(b"a", b"1")]
+
+
+async def test_unreachable_server_raises_storage_error() -> None:
+    with pytest.raises(StorageError, match="redis store connect failed"):
+        await RedisStore.connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
