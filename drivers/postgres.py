@@ -1,0 +1,502 @@
+"""PostgreSQL driver and store (asyncpg): durable, shared by workers on many machines.
+
+Every workflow's namespace is the rows of one ``kv`` table with that ``workflow_id``; keys and
+values are ``bytea``, which compares bytewise, so ``ORDER BY key`` is the byte order drivers
+must give whatever the database's collation. Tables live in one schema (``durable`` by
+default), created idempotently at connect:
+
+================  ===============================================================
+table             rows
+================  ===============================================================
+schema_version    one row: the layout version, for later migrations
+kv                (workflow_id, key) -> value
+alarms            workflow_id -> wake_at (indexed by wake_at)
+leases            workflow_id -> owner, token, expires_at (token only ever grows)
+workflows         workflow_id -> registered name, state (indexed by state)
+================  ===============================================================
+
+Each write is one statement, so one round trip and one implicit transaction. Fenced writes
+(``PostgresStore.fenced_driver``) lock the lease row ``FOR SHARE`` in a CTE of that same
+statement and gate every modification on it, so a stale worker writes nothing. Wake-ups use
+LISTEN/NOTIFY on one dedicated connection per store: ``<schema>.messages`` (payload: the
+workflow id) for live runs and ``<schema>.alarms`` for idle workers. Lease expiry is judged
+on client clocks (``time.time()``), like the other stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import zlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Any, Literal
+
+import anyio
+import asyncpg
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
+from engine.errors import LeaseLostError, SerializationError, StorageError
+from engine.keys import prefix_end
+from engine.store import Lease
+
+STORE = "postgres store"
+SCHEMA_VERSION = 1
+MAX_VALUE_BYTES = 64 * 1024 * 1024
+"""Largest value accepted. bytea allows 1 GB, but a value this big already means a step
+output that belongs in blob storage, and asyncpg holds every value of a batch in memory."""
+MAX_KEY_BYTES = 2048
+"""Keys sit in a B-tree primary key whose entries must stay under ~2.7 kB with the id."""
+# Channel names derive from the schema and must fit NAMEDATALEN (63 bytes), hence 48.
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+_NOTIFY_PAYLOAD_MAX = 7000  # NOTIFY payloads must stay under 8000 bytes
+_LOCK_CLASS = 0x64757261  # first key of the schema-creation advisory lock ("dura")
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.kv (
+    workflow_id text COLLATE "C" NOT NULL, key bytea NOT NULL, value bytea NOT NULL,
+    PRIMARY KEY (workflow_id, key));
+CREATE TABLE IF NOT EXISTS {s}.alarms (
+    workflow_id text COLLATE "C" PRIMARY KEY, wake_at double precision NOT NULL);
+CREATE INDEX IF NOT EXISTS alarms_wake_at ON {s}.alarms (wake_at);
+CREATE TABLE IF NOT EXISTS {s}.leases (
+    workflow_id text COLLATE "C" PRIMARY KEY, owner text NOT NULL, token bigint NOT NULL,
+    expires_at double precision NOT NULL);
+CREATE TABLE IF NOT EXISTS {s}.workflows (
+    workflow_id text COLLATE "C" PRIMARY KEY, name text NOT NULL, state text NOT NULL);
+CREATE INDEX IF NOT EXISTS workflows_state ON {s}.workflows (state, workflow_id);
+"""
+
+# Every kv write runs behind a ``guard`` CTE ($1 workflow id, $2 token, $3 now) that has one
+# row when the write may happen: a constant row when unfenced, the locked lease when fenced.
+_GUARDS = {
+    "": "guard AS (SELECT $2::bigint AS token, $3::float8 AS now)",
+    " fenced": "guard AS (SELECT token FROM {s}.leases"
+    " WHERE workflow_id = $1 AND token = $2 AND expires_at > $3 FOR SHARE)",
+}
+# Prefix scans have two spellings ("... to end" has no upper bound) so that each prepared
+# plan is a plain index range scan.
+_KV_WRITES = {
+    # Collapsed batch: each key appears once, so no CTE touches a row twice.
+    "batch": """WITH {guard},
+up AS (INSERT INTO {s}.kv (workflow_id, key, value)
+    SELECT $1, k, v FROM unnest($4::bytea[], $5::bytea[]) AS t(k, v)
+    WHERE EXISTS (SELECT FROM guard)
+    ON CONFLICT (workflow_id, key) DO UPDATE SET value = EXCLUDED.value),
+del AS (DELETE FROM {s}.kv WHERE workflow_id = $1 AND key = ANY($6::bytea[])
+    AND EXISTS (SELECT FROM guard))
+SELECT count(*) FROM guard""",
+    "delete_range": """WITH {guard}, del AS (DELETE FROM {s}.kv
+    WHERE workflow_id = $1 AND key >= $4 AND key < $5 AND EXISTS (SELECT FROM guard))
+SELECT count(*) FROM guard""",
+    "delete_range to end": """WITH {guard}, del AS (DELETE FROM {s}.kv
+    WHERE workflow_id = $1 AND key >= $4 AND $5::bytea IS NULL AND EXISTS (SELECT FROM guard))
+SELECT count(*) FROM guard""",
+}
+_STATEMENTS = {
+    "get": "SELECT value FROM {s}.kv WHERE workflow_id = $1 AND key = $2",
+    "list": "SELECT key, value FROM {s}.kv WHERE workflow_id = $1 AND key >= $2 AND key < $3"
+    " ORDER BY key",
+    "list to end": "SELECT key, value FROM {s}.kv WHERE workflow_id = $1 AND key >= $2"
+    " AND $3::bytea IS NULL ORDER BY key",
+    "set_alarm": "WITH up AS (INSERT INTO {s}.alarms VALUES ($1, $2) ON CONFLICT (workflow_id)"
+    " DO UPDATE SET wake_at = EXCLUDED.wake_at) SELECT pg_notify($3, $1)",
+    "clear_alarm": "DELETE FROM {s}.alarms WHERE workflow_id = $1",
+    "due_alarms": "SELECT workflow_id, wake_at FROM {s}.alarms WHERE wake_at <= $1"
+    " ORDER BY wake_at, workflow_id LIMIT $2",
+    "register_workflow": "INSERT INTO {s}.workflows VALUES ($1, $2, $3)"
+    " ON CONFLICT (workflow_id) DO NOTHING RETURNING true",
+    "set_index_state": "INSERT INTO {s}.workflows VALUES ($1, '', $2)"
+    " ON CONFLICT (workflow_id) DO UPDATE SET state = EXCLUDED.state",
+    "workflow_info": "SELECT name, state FROM {s}.workflows WHERE workflow_id = $1",
+    "list_workflows": "SELECT workflow_id FROM {s}.workflows"
+    " WHERE $1::text IS NULL OR state = $1 ORDER BY workflow_id LIMIT $2",
+    # SKIP LOCKED lets workers claim side by side; the ON CONFLICT condition re-checks expiry
+    # on the latest row version, so a lease taken meanwhile by another worker is never stolen.
+    "claim_due": """WITH due AS (
+    SELECT a.workflow_id, a.wake_at FROM {s}.alarms a
+    LEFT JOIN {s}.leases l ON l.workflow_id = a.workflow_id
+    WHERE a.wake_at <= $1 AND (l.workflow_id IS NULL OR l.expires_at <= $1)
+    ORDER BY a.wake_at LIMIT $2 FOR UPDATE OF a SKIP LOCKED),
+claimed AS (INSERT INTO {s}.leases AS l (workflow_id, owner, token, expires_at)
+    SELECT workflow_id, $3, 1, $4 FROM due
+    ON CONFLICT (workflow_id) DO UPDATE
+        SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
+        WHERE l.expires_at <= $1
+    RETURNING workflow_id, token)
+SELECT workflow_id, token, wake_at FROM claimed JOIN due USING (workflow_id)
+ORDER BY wake_at""",
+    "renew": "UPDATE {s}.leases SET expires_at = $4"
+    " WHERE workflow_id = $1 AND token = $2 AND expires_at > $3 RETURNING true",
+    # Expire rather than delete: the row keeps the token, so tokens never repeat.
+    "release": "UPDATE {s}.leases SET expires_at = '-infinity' WHERE workflow_id = $1"
+    " AND token = $2",
+    # Compare-and-delete: an alarm set since the claim (new message, next deadline) survives.
+    "settle_alarm": "DELETE FROM {s}.alarms WHERE workflow_id = $1 AND wake_at = $2",
+    "notify": "SELECT pg_notify($1, $2)",
+}
+
+
+# Raised when the server closed a pooled connection (restart, failover, idle kill): the pool
+# replaces it on the next acquire, so an idempotent statement is worth one more attempt.
+_CONNECTION_LOST = (
+    asyncpg.ConnectionDoesNotExistError, asyncpg.InternalClientError, asyncpg.InterfaceError,
+    ConnectionError,
+)
+
+
+@contextmanager
+def _errors(operation: str) -> Iterator[None]:
+    """Translate client and network failures into the engine's ``StorageError``."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InternalClientError, OSError, *_CONNECTION_LOST) as exc:
+        raise StorageError(STORE, operation, exc) from exc
+
+
+def _check_write(key: object, value: object) -> None:
+    """Reject a write before anything reaches the server, so a batch is all or nothing."""
+    if not isinstance(key, bytes | bytearray):
+        raise TypeError(f"driver keys are bytes, got {type(key).__name__}")
+    if value is not None and not isinstance(value, bytes | bytearray):
+        raise TypeError(f"driver values are bytes or None, got {type(value).__name__}")
+    if len(key) > MAX_KEY_BYTES:
+        raise SerializationError(
+            f"{STORE}: key {bytes(key[:40])!r}... is {len(key)} bytes, over {MAX_KEY_BYTES}"
+        )
+    if value is not None and len(value) > MAX_VALUE_BYTES:
+        raise SerializationError(
+            f"{STORE}: value of key {bytes(key)!r} is {len(value)} bytes, over {MAX_VALUE_BYTES}"
+        )
+
+
+def _payload(workflow_id: str) -> str:
+    """NOTIFY payload naming a workflow; very long ids travel as a digest."""
+    if len(workflow_id.encode()) < _NOTIFY_PAYLOAD_MAX:
+        return workflow_id
+    return "#" + hashlib.sha256(workflow_id.encode()).hexdigest()
+
+
+class PostgresDriver:
+    """One workflow's namespace; with a ``lease``, every write is fenced by its token."""
+
+    def __init__(self, store: PostgresStore, workflow_id: str, lease: Lease | None = None) -> None:
+        self.worker_poll_interval = store.worker_poll_interval
+        self._store = store
+        self._workflow_id = workflow_id
+        self._lease = lease
+
+    async def _write(self, operation: str, statement: str, *args: Any) -> None:
+        token, now = (self._lease.token, time.time()) if self._lease else (None, None)
+        statement += "" if self._lease is None else " fenced"
+        allowed = await self._store._query(
+            operation, "fetchval", self._workflow_id, token, now, *args, statement=statement
+        )
+        if not allowed:
+            raise LeaseLostError(STORE, f"{operation} of workflow {self._workflow_id!r}")
+
+    async def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = await self._store._query("get", "fetchval", self._workflow_id, key)
+        return value
+
+    async def set(self, key: bytes, value: bytes) -> None:
+        await self.batch([(key, value)])
+
+    async def delete(self, key: bytes) -> None:
+        await self.batch([(key, None)])
+
+    async def delete_prefix(self, prefix: bytes) -> None:
+        if not prefix.rstrip(b"\xff"):  # no key is past an all-0xFF (or empty) prefix's range
+            await self._write("delete_prefix", "delete_range to end", prefix, None)
+        else:
+            await self._write("delete_prefix", "delete_range", prefix, prefix_end(prefix))
+
+    async def delete_range(self, start: bytes, end: bytes) -> None:
+        await self._write("delete_range", "delete_range", start, end)
+
+    async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        end = None if not prefix.rstrip(b"\xff") else prefix_end(prefix)
+        statement = "list" if end is not None else "list to end"
+        rows = await self._store._query(
+            "list", "fetch", self._workflow_id, prefix, end, statement=statement
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        for key, value in writes:
+            _check_write(key, value)
+        latest = {bytes(key): value for key, value in writes}  # the last write of a key wins
+        if not latest:
+            return
+        upserts = {key: bytes(value) for key, value in latest.items() if value is not None}
+        deletes = [key for key, value in latest.items() if value is None]
+        await self._write("batch", "batch", list(upserts), list(upserts.values()), deletes)
+
+    async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
+        channel = self._store._alarm_channel
+        await self._store._query("set_alarm", "execute", workflow_id, wake_at, channel)
+
+    async def clear_alarm(self, workflow_id: str) -> None:
+        await self._store._query("clear_alarm", "execute", workflow_id)
+
+    # Live-mode hooks (engine.driver.WakeSource and Notifier).
+
+    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[None]]:
+        return self._store.subscribe(self._workflow_id)
+
+    async def notify(self, workflow_id: str) -> None:
+        await self._store.notify(self._workflow_id or workflow_id)
+
+
+class PostgresStore:
+    """Owns the connection pool, the schema and the LISTEN connection; hands out drivers.
+
+    Create it with ``await PostgresStore.connect(dsn)``. ``schema`` separates deployments (or
+    tests) sharing one database; ``min_size``/``max_size`` size the asyncpg pool.
+    """
+
+    def __init__(self, pool: Any, dsn: str, schema: str, worker_poll_interval: float) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self.schema = schema
+        self.worker_poll_interval = worker_poll_interval
+        s = f'"{schema}"'
+        self._alarm_channel = f"{schema}.alarms"
+        self._message_channel = f"{schema}.messages"
+        self._sql = {name: sql.format(s=s) for name, sql in _STATEMENTS.items()}
+        for name, sql in _KV_WRITES.items():
+            for suffix, guard in _GUARDS.items():
+                self._sql[name + suffix] = sql.format(s=s, guard=guard.format(s=s))
+        self._s = s
+        self._listener: Any = None
+        self._closed = False
+        self._listener_lock = anyio.Lock()
+        self._subscribers: dict[str, set[MemoryObjectSendStream[None]]] = {}
+        self._alarm_event = anyio.Event()
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        schema: str = "durable",
+        min_size: int = 1,
+        max_size: int = 10,
+        worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
+    ) -> PostgresStore:
+        """Open a pool on ``dsn`` and create the schema's tables if they are missing."""
+        if not _SCHEMA_NAME.match(schema):
+            raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
+        with _errors("connect"):
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        store = cls(pool, dsn, schema, worker_poll_interval)
+        try:
+            await store._create_schema()
+        except BaseException:
+            await pool.close()
+            raise
+        return store
+
+    async def _create_schema(self) -> None:
+        # IF NOT EXISTS is not safe against concurrent creators; the advisory lock is.
+        with _errors("create schema"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                lock_id = zlib.crc32(self.schema.encode()) - (1 << 31)  # a signed int4
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _LOCK_CLASS, lock_id)
+                await conn.execute(_DDL.format(s=self._s))
+                table = f"{self._s}.schema_version"
+                version = await conn.fetchval(f"SELECT max(version) FROM {table}")
+                if version is None:
+                    await conn.execute(f"INSERT INTO {table} VALUES ($1)", SCHEMA_VERSION)
+        if version is not None and version > SCHEMA_VERSION:
+            raise StorageError(STORE, f"open schema {self.schema!r} of newer version {version}")
+
+    async def _query(
+        self,
+        operation: str,
+        method: Literal["execute", "fetch", "fetchrow", "fetchval"],
+        *args: Any,
+        statement: str | None = None,
+        idempotent: bool = True,
+    ) -> Any:
+        """Run one statement (by default the one named ``operation``) on a pooled connection.
+
+        Each statement is its own transaction, so a lost connection never leaves half of it;
+        re-running an idempotent one after a lost reply is safe.
+        """
+        sql = self._sql[statement or operation]
+        with _errors(operation):
+            if idempotent:
+                try:
+                    return await getattr(self._pool, method)(sql, *args)
+                except _CONNECTION_LOST:
+                    pass
+            return await getattr(self._pool, method)(sql, *args)
+
+    def driver(self, workflow_id: str) -> PostgresDriver:
+        return PostgresDriver(self, workflow_id)
+
+    async def due_alarms(
+        self, now: float | None = None, limit: int = 100
+    ) -> list[tuple[str, float]]:
+        now = time.time() if now is None else now
+        rows = await self._query("due_alarms", "fetch", now, limit)
+        return [(row[0], row[1]) for row in rows]
+
+    # Worker support (engine.store.WorkerStore).
+
+    async def register_workflow(self, workflow_id: str, name: str, state: str) -> bool:
+        # Not retried: a second attempt after a lost reply would answer "already there".
+        inserted = await self._query(
+            "register_workflow", "fetchval", workflow_id, name, state, idempotent=False
+        )
+        return bool(inserted)
+
+    async def set_index_state(self, workflow_id: str, state: str) -> None:
+        await self._query("set_index_state", "execute", workflow_id, state)
+
+    async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
+        row = await self._query("workflow_info", "fetchrow", workflow_id)
+        return None if row is None else (row[0], row[1])
+
+    async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]:
+        rows = await self._query("list_workflows", "fetch", state, limit)
+        return [row[0] for row in rows]
+
+    async def claim_due(
+        self, owner: str, lease: float, limit: int, now: float | None = None
+    ) -> list[Lease]:
+        now = time.time() if now is None else now
+        # Not retried: a claim whose reply was lost would be taken twice (the first one idles
+        # until its lease expires).
+        rows = await self._query(
+            "claim_due", "fetch", now, limit, owner, now + lease, idempotent=False
+        )
+        return [Lease(row[0], owner, row[1], now + lease, row[2]) for row in rows]
+
+    async def renew(self, lease: Lease, duration: float) -> Lease | None:
+        now = time.time()
+        renewed = await self._query(
+            "renew", "fetchval", lease.workflow_id, lease.token, now, now + duration
+        )
+        if not renewed:
+            return None
+        return Lease(lease.workflow_id, lease.owner, lease.token, now + duration, lease.wake_at)
+
+    async def release(self, lease: Lease) -> None:
+        await self._query("release", "execute", lease.workflow_id, lease.token)
+
+    def fenced_driver(self, lease: Lease) -> PostgresDriver:
+        return PostgresDriver(self, lease.workflow_id, lease)
+
+    async def settle_alarm(self, workflow_id: str, wake_at: float) -> None:
+        await self._query("settle_alarm", "execute", workflow_id, wake_at)
+
+    async def wait_for_due(self, timeout: float) -> None:
+        await self._ensure_listener()
+        event = self._alarm_event
+        with anyio.move_on_after(timeout):
+            await event.wait()
+        if event.is_set() and self._alarm_event is event:
+            self._alarm_event = anyio.Event()  # consumed; a NOTIFY during the wait stays set
+
+    # LISTEN/NOTIFY: one connection per store, fanned out to in-process subscribers.
+
+    async def notify(self, workflow_id: str) -> None:
+        """Wake every live run of ``workflow_id`` subscribed on any process."""
+        await self._query("notify", "execute", self._message_channel, _payload(workflow_id))
+
+    @asynccontextmanager
+    async def subscribe(self, workflow_id: str) -> AsyncIterator[AsyncIterator[None]]:
+        """Yield an iterator producing ``None`` per notification for ``workflow_id``."""
+        send, receive = anyio.create_memory_object_stream[None](max_buffer_size=1)
+        payload = _payload(workflow_id)
+        streams = self._subscribers.setdefault(payload, set())
+        streams.add(send)
+        try:
+            await self._ensure_listener()  # LISTEN is active before the caller re-checks state
+            async with receive:
+                yield _Wakeups(self, receive)
+        finally:
+            streams.discard(send)
+            if not streams:
+                self._subscribers.pop(payload, None)
+            send.close()
+
+    async def _ensure_listener(self) -> None:
+        async with self._listener_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return
+            if self._closed:
+                raise StorageError(STORE, "listen", RuntimeError("the store is closed"))
+            with _errors("listen"):
+                conn = await asyncpg.connect(self._dsn)
+                try:
+                    await conn.add_listener(self._alarm_channel, self._on_notification)
+                    await conn.add_listener(self._message_channel, self._on_notification)
+                except BaseException:
+                    await conn.close()
+                    raise
+            conn.add_termination_listener(self._on_listener_lost)
+            self._listener = conn
+
+    def _on_notification(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
+        if channel == self._alarm_channel:
+            self._alarm_event.set()
+            return
+        for stream in self._subscribers.get(payload, ()):
+            _wake(stream)
+
+    def _on_listener_lost(self, _conn: Any) -> None:
+        # Notifications may have been missed: wake everyone so they re-check (and re-listen).
+        self._alarm_event.set()
+        for streams in self._subscribers.values():
+            for stream in streams:
+                _wake(stream)
+
+    async def close(self) -> None:
+        """Close the LISTEN connection and the pool (waiting for calls in flight)."""
+        self._closed = True
+        listener, self._listener = self._listener, None
+        with _errors("close"):
+            if listener is not None:
+                listener.remove_termination_listener(self._on_listener_lost)
+                await listener.close()
+            await self._pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class _Wakeups:
+    """Async iterator of wake-ups; a class, not a generator, so it survives cancellation."""
+
+    def __init__(self, store: PostgresStore, receive: MemoryObjectReceiveStream[None]) -> None:
+        self._store = store
+        self._receive = receive
+
+    def __aiter__(self) -> _Wakeups:
+        return self
+
+    async def __anext__(self) -> None:
+        try:
+            await self._receive.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        # After a lost listener, LISTEN again before the caller re-checks, so a message
+        # written in between cannot go unnoticed.
+        await self._store._ensure_listener()
+
+
+def _wake(stream: MemoryObjectSendStream[None]) -> None:
+    try:
+        stream.send_nowait(None)
+    except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass  # a wake-up is already queued (one is enough), or the subscriber is leaving
