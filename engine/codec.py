@@ -25,7 +25,9 @@ def _default(obj: object) -> Any:
         return msgpack.ExtType(_EXT_TUPLE, _pack(list(obj)))
     # strict_types sends subclasses here; store them as their base type (an enum member
     # that is a str is stored as that str), so replay sees the same plain value.
-    for base in (bool, int, float, str, bytes, list, dict):
+    if isinstance(obj, str):
+        return str.__str__(obj)  # the plain value, not the subclass's __str__ (Enum.__str__)
+    for base in (int, float, bytes, list, dict):
         if isinstance(obj, base):
             return base(obj)  # type: ignore[arg-type]
     raise TypeError(f"an object of type {type(obj).__name__}")

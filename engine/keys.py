@@ -161,8 +161,8 @@ def unpack(data: bytes) -> tuple[KeyElement, ...]:
         while pos < len(data):
             item, pos = _decode_one(data, pos)
             items.append(item)
-    except (IndexError, UnicodeDecodeError) as exc:
-        raise ValueError(f"malformed key {data!r}") from exc
+    except (IndexError, ValueError) as exc:  # ValueError covers a missing terminator
+        raise ValueError(f"malformed key {data!r}: {exc}") from exc
     return tuple(items)
 
 
