@@ -79,7 +79,7 @@ class Queue:
         ctx = self._ctx
         wanted = queue.validate(ctx.run, name, names, count, timeout)
         site = ctx._begin(name, "message")
-        return ctx._finish(site, queue.run_next(site, wanted, count, timeout))
+        return ctx._finish(site, queue.run_next, wanted, count, timeout)
 
 
 class WorkflowContext:
@@ -133,19 +133,19 @@ class WorkflowContext:
             rollback,
         )
         site = self._begin(name, "step")
-        return self._finish(site, step.run_step(site, fn, options))
+        return self._finish(site, step.run_step, fn, options)
 
     def sleep(self, name: str, seconds: float) -> Coroutine[Any, Any, None]:
         """Wait ``seconds``: in memory when short, otherwise by yielding until an alarm."""
         sleep.check_seconds(self.run, name, seconds)
         site = self._begin(name, "sleep")
-        return self._finish(site, sleep.run_sleep(site, lambda now: now + seconds))
+        return self._finish(site, sleep.run_sleep, lambda now: now + seconds)
 
     def sleep_until(self, name: str, timestamp: float) -> Coroutine[Any, Any, None]:
         """Wait until the Unix time ``timestamp`` (a past time returns at once)."""
         sleep.check_timestamp(self.run, name, timestamp)
         site = self._begin(name, "sleep")
-        return self._finish(site, sleep.run_sleep(site, lambda _now: timestamp))
+        return self._finish(site, sleep.run_sleep, lambda _now: timestamp)
 
     def join(
         self, name: str, branches_: Mapping[str, Callable[[WorkflowContext], Awaitable[Any]]]
@@ -153,7 +153,7 @@ class WorkflowContext:
         """Run every branch concurrently, each in its own scope; all settle."""
         branches.check(self.run, name, branches_, "join")
         site = self._begin(name, "join")
-        return self._finish(site, branches.run_join(site, dict(branches_)))
+        return self._finish(site, branches.run_join, dict(branches_))
 
     def race(
         self, name: str, branches_: Mapping[str, Callable[[WorkflowContext], Awaitable[Any]]]
@@ -161,7 +161,7 @@ class WorkflowContext:
         """Run every branch concurrently; the first to complete wins, the rest are cancelled."""
         branches.check(self.run, name, branches_, "race")
         site = self._begin(name, "race")
-        return self._finish(site, branches.run_race(site, dict(branches_)))
+        return self._finish(site, branches.run_race, dict(branches_))
 
     def loop(
         self,
@@ -178,18 +178,18 @@ class WorkflowContext:
             self.run, name, commit_interval, history_every, history_keep
         )
         site = self._begin(name, "loop")
-        return self._finish(site, loop.run_loop(site, run, state, options))
+        return self._finish(site, loop.run_loop, run, state, options)
 
     def rollback_checkpoint(self, name: str) -> Coroutine[Any, Any, None]:
         """Enable rollback handlers for the steps after this point."""
         site = self._begin(name, "checkpoint")
-        return self._finish(site, rollback.run_checkpoint(site))
+        return self._finish(site, rollback.run_checkpoint)
 
     def removed(self, name: str, original_type: str) -> Coroutine[Any, Any, None]:
         """Stand in for an operation deleted from the code, holding its history position."""
         removed.check(self.run, name, original_type, REMOVABLE)
         site = self._begin(name, "removed", accept=(original_type, "removed"))
-        return self._finish(site, removed.run_removed(site, original_type))
+        return self._finish(site, removed.run_removed, original_type)
 
     # Guards, written once
 
@@ -234,9 +234,13 @@ class WorkflowContext:
         self._busy = f"{kind} {name!r}"
         return Site(self, name, kind, location, node, pos)
 
-    async def _finish(self, site: Site, operation: Awaitable[T]) -> T:
+    async def _finish(
+        self, site: Site, operation: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
+        # The operation's coroutine is made only when awaited: a forgotten await leaves no
+        # half-started operation behind, just the busy flag the next operation reports.
         try:
-            return await operation
+            return await operation(site, *args)
         finally:
             self._busy = None
 
