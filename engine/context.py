@@ -234,9 +234,7 @@ class WorkflowContext:
         self._busy = f"{kind} {name!r}"
         return Site(self, name, kind, location, node, pos)
 
-    async def _finish(
-        self, site: Site, operation: Callable[..., Awaitable[T]], *args: Any
-    ) -> T:
+    async def _finish(self, site: Site, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
         # The operation's coroutine is made only when awaited: a forgotten await leaves no
         # half-started operation behind, just the busy flag the next operation reports.
         try:

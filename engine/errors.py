@@ -101,6 +101,14 @@ class SuspendSignal(_Suspend):
     """Raised at every waiting operation when the whole run must yield (yield mode)."""
 
 
+def single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside ``group`` (a task group wraps even a lone KeyboardInterrupt or
+    crash), so callers see the exception itself; a real group of several stays a group."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]  # type: ignore[assignment]
+    return group
+
+
 def error_record(exc: BaseException) -> dict[str, str]:
     """What is stored about an error: its type name, message and traceback text."""
     import traceback

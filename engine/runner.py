@@ -38,6 +38,7 @@ from engine.errors import (
     SuspendSignal,
     error_record,
     rebuild_error,
+    single,
 )
 from engine.keys import Field
 from engine.location import ROOT
@@ -121,10 +122,19 @@ def _scheduler(spec: RunSpec, storage: Storage) -> Scheduler:
 
 
 async def _call(run: Run, spec: RunSpec, input_value: Any) -> tuple[str, Any]:
+    """Call the workflow function once; how it ended, as (kind, value)."""
     ctx = WorkflowContext(run, ROOT, run.storage.root)
+    run.scheduler.enter()
+    try:
+        return await _call_beside_coordinator(run, spec, ctx, input_value)
+    except BaseExceptionGroup as group:
+        raise single(group) from None
+
+
+async def _call_beside_coordinator(
+    run: Run, spec: RunSpec, ctx: WorkflowContext, input_value: Any
+) -> tuple[str, Any]:
     scheduler = run.scheduler
-    scheduler.enter()
-    outcome: tuple[str, Any] = ("failed", RuntimeError("the run did not finish"))
     async with anyio.create_task_group() as tg:
         tg.start_soon(scheduler.coordinate)
         if spec.mode == "live" and isinstance(spec.driver, WakeSource):
@@ -132,17 +142,17 @@ async def _call(run: Run, spec: RunSpec, input_value: Any) -> tuple[str, Any]:
         try:
             value = await spec.fn(ctx, input_value)
             ctx.end_scope()
-            outcome = ("completed", value)
+            return ("completed", value)
         except SuspendSignal:
-            outcome = ("suspended", None)
+            return ("suspended", None)
         except EvictedError:
-            outcome = ("stopped", None)
+            return ("stopped", None)
         except Exception as exc:
-            outcome = ("failed", exc)
+            return ("failed", exc)
         finally:
             scheduler.leave()
             tg.cancel_scope.cancel()
-    return outcome
+    raise AssertionError("unreachable: the task group body always returns")
 
 
 async def _forward_wakeups(

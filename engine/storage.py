@@ -205,7 +205,10 @@ class Storage:
             writes = list(self.pending.items())
             self.pending = {}
             self.broken = True  # until the batch is known to have landed
-            await self._call("batch", self.driver.batch(writes))
+            # Shielded: a batch that started must finish, or whether it landed is unknown.
+            # Cancellation (a race decided, a run ending) takes effect right after it.
+            with anyio.CancelScope(shield=True):
+                await self._call("batch", self.driver.batch(writes))
             self.broken = False
             for key, value in writes:
                 if key.startswith(_FIELDS_PREFIX):
