@@ -5,12 +5,16 @@ history positionally. Branch tasks count as active in the scheduler while the pa
 blocked, so a waiting branch lets its siblings run on and the run yields only when every
 branch is waiting (with the earliest deadline as the alarm).
 
-join: every branch settles; per-branch status is recorded; failures raise ``JoinError``
+join: every branch settles; per-branch status is recorded (a replayed branch that already
+settled keeps its status, so a pure replay writes nothing); failures raise ``JoinError``
 once nothing is left waiting. race: the first branch to complete wins; the decision and the
 winner's value are flushed at once and the losers are cancelled through anyio cancellation,
-their partial history deleted in the same batch. Replay of a decided race returns the
-recorded winner without running branches, except that a winner holding steps with rollback
-handlers is replayed (no step executes) so its handlers are registered again.
+their partial history deleted in the same batch. A branch whose code diverged from history
+raises ``HistoryDivergedError`` itself, for join and race alike: it is not a branch failure
+another branch could win over, and the runner never compensates a divergence. Replay of a
+decided race returns the recorded winner without running branches, except that a winner
+holding steps with rollback handlers is replayed (no step executes) so its handlers are
+registered again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import anyio
 
 from engine import codec
-from engine.errors import EvictedError, HistoryDivergedError, JoinError, RaceError, SuspendSignal
+from engine.errors import (
+    EvictedError,
+    HistoryDivergedError,
+    JoinError,
+    RaceError,
+    SuspendSignal,
+    single,
+)
 from engine.run import Run
 from engine.storage import Node
 
@@ -72,8 +83,14 @@ class _Outcomes:
         self.errors: dict[str, BaseException] = {}
         self.suspended = False
         self.stopped = False
+        self.diverged: HistoryDivergedError | None = None
 
     def raise_signals(self) -> None:
+        if self.diverged is not None:
+            # The code no longer matches history: that is not a branch failing (a race must
+            # not let another branch win over it), and the runner must see the divergence
+            # itself, which it never compensates.
+            raise self.diverged
         if self.stopped:
             raise EvictedError("the workflow was evicted or cancelled")
         if self.suspended:
@@ -89,6 +106,9 @@ async def _run_branch(branch: _Branch, fn: BranchFn, outcomes: _Outcomes, name: 
         outcomes.suspended = True
     except EvictedError:
         outcomes.stopped = True
+    except HistoryDivergedError as exc:
+        outcomes.diverged = outcomes.diverged or exc
+        outcomes.errors[name] = exc
     except Exception as exc:
         outcomes.errors[name] = exc
     else:
@@ -116,7 +136,10 @@ async def run_join(site: Site, fns: dict[str, BranchFn]) -> dict[str, Any]:
 
     async def branch_task(name: str) -> None:
         try:
-            set_status(name, "running")
+            if statuses[name] == "pending":
+                # Only a first start changes the status: replaying a settled branch must not
+                # rewrite the entry (a pure replay writes nothing).
+                set_status(name, "running")
             completed = await _run_branch(_Branch(site, name), fns[name], outcomes, name)
             if completed:
                 set_status(name, "completed")
@@ -150,15 +173,23 @@ async def run_race(site: Site, fns: dict[str, BranchFn]) -> RaceResult:
     outcomes = _Outcomes()
     winner: list[str] = []
 
+    activity = _Activity(run)
+
     async def branch_task(name: str, cancel: anyio.CancelScope) -> None:
         try:
             if await _run_branch(_Branch(site, name), fns[name], outcomes, name) and not winner:
                 winner.append(name)
+                # The parent resumes now: it counts as active again before the winner's task
+                # leaves, so the losers still parked while their cancellation is delivered can
+                # never look like "every task waits" and suspend the run on a loser's deadline.
+                activity.resume_parent()
+                cancel.cancel()
+            elif outcomes.diverged is not None:
                 cancel.cancel()
         finally:
             run.scheduler.leave()
 
-    await _in_task_group(run, names, branch_task, pass_scope=True)
+    await _in_task_group(run, names, branch_task, pass_scope=True, activity=activity)
     if not winner:
         outcomes.raise_signals()
         raise RaceError(
@@ -195,15 +226,35 @@ def _subtree(node: Node) -> list[tuple[Any, Node]]:
     return found
 
 
+class _Activity:
+    """Whether the parent of a join or race counts as active in the scheduler."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self.parent_active = True
+
+    def park_parent(self) -> None:
+        if self.parent_active:
+            self.parent_active = False
+            self._run.scheduler.leave()
+
+    def resume_parent(self) -> None:
+        if not self.parent_active:
+            self.parent_active = True
+            self._run.scheduler.enter()
+
+
 async def _in_task_group(
     run: Run,
     names: list[str],
     task: Callable[..., Coroutine[Any, Any, None]],
     pass_scope: bool = False,
+    activity: _Activity | None = None,
 ) -> None:
     """Run one task per branch while the parent counts as blocked, not active."""
+    activity = activity or _Activity(run)
     run.scheduler.enter(len(names))
-    run.scheduler.leave()
+    activity.park_parent()
     try:
         async with anyio.create_task_group() as tg:
             for name in names:
@@ -211,5 +262,7 @@ async def _in_task_group(
                     tg.start_soon(task, name, tg.cancel_scope)
                 else:
                     tg.start_soon(task, name)
+    except BaseExceptionGroup as group:
+        raise single(group) from None
     finally:
-        run.scheduler.enter()
+        activity.resume_parent()

@@ -7,6 +7,10 @@ history of iterations older than the last ``history_keep`` is deleted in the sam
 After a crash the loop restarts from the last commit, and the iterations since then replay
 their recorded steps, which are never trimmed because trimming only removes iterations
 before a commit. The keys in the store stay bounded however many iterations run.
+
+An iteration that registered rollback handlers also keeps the state it started from, so a
+later run can replay it (nothing executes) and register its handlers again even though the
+loop resumes past it or has finished.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from engine import codec
 from engine.run import Run
+from engine.storage import Node
 
 if TYPE_CHECKING:
     from engine.context import Site, WorkflowContext
@@ -82,6 +87,8 @@ async def run_loop(
     run = site.run
     what = run.describe(site.location)
     entry = site.node.entry
+    if entry is not None:
+        await _replay_compensable(site, body, before=entry["i"])
     if entry is not None and entry.get("d"):
         return codec.decode(entry["o"], f"{what} result")
     if entry is not None:
@@ -94,7 +101,9 @@ async def run_loop(
     state = codec.decode(encoded_state, f"{what} state")
     while True:
         marker = (iteration,)
-        iteration_ctx = site.ctx.child((*site.location, marker), site.node.child(marker))
+        iteration_node = site.node.child(marker)
+        iteration_ctx = site.ctx.child((*site.location, marker), iteration_node)
+        registered = len(run.rollback_handlers)
         result = await body(iteration_ctx, state)
         if not isinstance(result, LoopResult):
             raise TypeError(
@@ -102,6 +111,8 @@ async def run_loop(
                 f"Loop.break_(value), got {result!r}"
             )
         iteration_ctx.end_scope()
+        if len(run.rollback_handlers) > registered and iteration_node.entry is None:
+            _record_input_state(site, marker, iteration_node, encoded_state)
         iteration += 1
         encoded = codec.encode(result.value, f"{what} {'result' if result.done else 'state'}")
         if result.done:
@@ -109,12 +120,45 @@ async def run_loop(
             _trim(site, iteration - options.history_keep)
             await run.storage.flush()
             return codec.decode(encoded, f"{what} result")
+        encoded_state = encoded
         state = codec.decode(encoded, f"{what} state")
         if iteration % options.commit_interval == 0:
             site.record({"i": iteration, "st": encoded, "d": False})
             if iteration % options.history_every == 0:
                 _trim(site, iteration - options.history_keep)
             await run.storage.flush()
+
+
+def _record_input_state(site: Site, marker: tuple[int], node: Node, encoded_state: bytes) -> None:
+    """Keep the state an iteration started from when it registered rollback handlers.
+
+    A later run resumes the loop at its last commit (or returns a finished loop's value)
+    without running earlier iterations, so their handlers, which are closures in the user's
+    code, would never be registered again. With the input state kept, those retained
+    iterations are replayed (no step executes) and their handlers registered; the entry is
+    trimmed with the rest of the iteration's history.
+    """
+    entry = {"k": "iteration", "p": marker[0], "st": encoded_state}
+    site.run.storage.record_entry((*site.location, marker), site.node, node, entry)
+
+
+async def _replay_compensable(
+    site: Site, body: Callable[[WorkflowContext, Any], Awaitable[LoopResult]], before: int
+) -> None:
+    """Replay the retained iterations below ``before`` that registered rollback handlers."""
+    what = site.run.describe(site.location)
+    kept = sorted(
+        (segment, node)
+        for segment, node in site.node.children.items()
+        if isinstance(segment, tuple)
+        and segment[0] < before
+        and node.entry is not None
+        and "st" in node.entry
+    )
+    for segment, node in kept:
+        iteration_ctx = site.ctx.child((*site.location, segment), node)
+        await body(iteration_ctx, codec.decode(node.entry["st"], f"{what} state"))  # type: ignore[index]
+        iteration_ctx.end_scope()
 
 
 def _trim(site: Site, before: int) -> None:

@@ -5,6 +5,8 @@ re-registers them as its steps replay. When the workflow fails unrecoverably, th
 registered so far run in reverse completion order (the step's completion number ``s``), and
 each handler's completion is flushed to the step's metadata (``rbd``) before the next one
 starts, so a crash or eviction mid-rollback resumes with the remaining handlers only.
+Only steps whose history is retained are compensated (not race losers, not trimmed loop
+iterations): exactly the handlers any later run would register again.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ async def run_handlers(run: Run, state_rolling_back: Any) -> BaseException | Non
     await storage.flush()
     for handler in sorted(run.rollback_handlers, key=lambda h: h.seq, reverse=True):
         node = storage.node(handler.location)
+        if node.entry is None:
+            # Its history was removed (a race loser, a trimmed loop iteration): a later run
+            # could not register it again, so it is not run on this one either.
+            continue
         meta = dict(node.meta or {})
         if meta.get("rbd"):
             continue
