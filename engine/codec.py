@@ -8,6 +8,7 @@ bytes. Decoding never evaluates or unpickles anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -47,8 +48,18 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
 
 
-def encode(value: object, what: str) -> bytes:
-    """Encode one record; ``what`` names the value for the error (workflow, step, field)."""
+Description = str | Callable[[], str]
+
+
+def _describe(what: Description) -> str:
+    return what if isinstance(what, str) else what()
+
+
+def encode(value: object, what: Description) -> bytes:
+    """Encode one record; ``what`` names the value for the error (workflow, step, field).
+
+    ``what`` may be a zero-argument callable: the hot path then never builds the text.
+    """
     try:
         return _VERSION_BYTE + _pack(value)
     except OverflowError:
@@ -56,20 +67,21 @@ def encode(value: object, what: str) -> bytes:
     except (TypeError, ValueError) as exc:
         problem = str(exc)
     raise SerializationError(
-        f"{what} cannot be stored: {problem} is not serializable (supported: {_SUPPORTED})"
+        f"{_describe(what)} cannot be stored: {problem} is not serializable "
+        f"(supported: {_SUPPORTED})"
     )
 
 
-def decode(raw: bytes, what: str) -> Any:
+def decode(raw: bytes, what: Description) -> Any:
     """Decode one record made by ``encode``; ``what`` names it for the error."""
     if not raw or raw[0] != FORMAT_VERSION:
         found = f"format version {raw[0]}" if raw else "an empty record"
         raise CorruptedRecordError(
-            f"{what}: found {found}, this engine reads format version {FORMAT_VERSION}"
+            f"{_describe(what)}: found {found}, this engine reads format version {FORMAT_VERSION}"
         )
     try:
         return _unpack(raw[1:])
     except Exception as exc:  # msgpack raises several unrelated types on damaged input
         raise CorruptedRecordError(
-            f"{what}: damaged record ({type(exc).__name__}: {exc})"
+            f"{_describe(what)}: damaged record ({type(exc).__name__}: {exc})"
         ) from None

@@ -10,7 +10,6 @@ operation's logic lives in its own module (``engine.ops``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -36,16 +35,20 @@ KINDS = ("step", "sleep", "message", "join", "race", "loop", "checkpoint", "remo
 REMOVABLE = ("step", "loop", "sleep", "message", "join", "race")
 
 
-@dataclass
 class Site:
     """Where one operation sits: its location, its node, and the scope it belongs to."""
 
-    ctx: WorkflowContext
-    name: str
-    kind: str
-    location: Location
-    node: Node
-    pos: int
+    __slots__ = ("ctx", "kind", "location", "name", "node", "pos")
+
+    def __init__(
+        self, ctx: WorkflowContext, name: str, kind: str, location: Location, node: Node, pos: int
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.kind = kind
+        self.location = location
+        self.node = node
+        self.pos = pos
 
     @property
     def run(self) -> Run:
@@ -91,7 +94,7 @@ class WorkflowContext:
         self.scope_node = scope_node
         self._cursor = 0
         self._used: set[str] = set()
-        self._busy: str | None = None
+        self._busy: tuple[str, str] | None = None  # (kind, name) of the operation in flight
         self.queue = Queue(self)
 
     @property
@@ -195,8 +198,9 @@ class WorkflowContext:
 
     def _begin(self, name: str, kind: str, accept: tuple[str, ...] | None = None) -> Site:
         run = self.run
-        run.scheduler.check_stop()
-        if not isinstance(name, str) or not name:
+        if run.scheduler.stopped:
+            run.scheduler.check_stop()
+        if type(name) is not str or not name:
             raise ValueError(
                 f"workflow {run.workflow_id!r}: a {kind} needs a non-empty string name, "
                 f"got {name!r} in {run.path(self.scope)}"
@@ -204,7 +208,7 @@ class WorkflowContext:
         if self._busy is not None:
             raise EntryInProgressError(
                 f"workflow {run.workflow_id!r}: {kind} {name!r} started in {run.path(self.scope)} "
-                f"while {self._busy} was not awaited; await each operation before the next "
+                f"while {self._busy_text()} was not awaited; await each operation before the next "
                 "(use ctx.join for concurrency)"
             )
         storage = run.storage
@@ -220,7 +224,9 @@ class WorkflowContext:
         if pos < len(recorded):
             held = recorded[pos]
             held_kind = held.entry["k"] if held.entry else "?"
-            if held.segment != index or held_kind not in (accept or (kind,)):
+            if held.segment != index or (
+                held_kind != kind and (accept is None or held_kind not in accept)
+            ):
                 raise HistoryDivergedError(
                     f"history diverged in workflow {run.workflow_id!r} at {run.path(location)}: "
                     f"history holds {held_kind} {storage.names.name(held.segment)!r} at position "
@@ -231,8 +237,13 @@ class WorkflowContext:
             node = self.scope_node.child(index)
         self._cursor += 1
         self._used.add(name)
-        self._busy = f"{kind} {name!r}"
+        self._busy = (kind, name)
         return Site(self, name, kind, location, node, pos)
+
+    def _busy_text(self) -> str:
+        assert self._busy is not None
+        kind, name = self._busy
+        return f"{kind} {name!r}"
 
     async def _finish(self, site: Site, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
         # The operation's coroutine is made only when awaited: a forgotten await leaves no
@@ -252,7 +263,7 @@ class WorkflowContext:
         if self._busy is not None:
             raise EntryInProgressError(
                 f"workflow {run.workflow_id!r}: {run.path(self.scope)} ended while "
-                f"{self._busy} was not awaited"
+                f"{self._busy_text()} was not awaited"
             )
         recorded = self.scope_node.ordered()
         if self._cursor < len(recorded):

@@ -172,11 +172,11 @@ Location: TypeAlias = "tuple[int | tuple[int], ...]"
 
 
 def name_key(index: int) -> bytes:
-    return pack((Prefix.NAMES, index))
+    return NAMES_PREFIX + encode_segment(index)
 
 
 def parse_name_key(key: bytes) -> int:
-    _, index = unpack(key)
+    (index,) = parse_location(key, len(NAMES_PREFIX))
     assert isinstance(index, int)
     return index
 
@@ -189,10 +189,46 @@ def metadata_key(location: Location) -> bytes:
     return pack((Prefix.METADATA, *location))
 
 
+def encode_segment(segment: int | tuple[int]) -> bytes:
+    """One location segment; a location's key is its prefix plus its segments, concatenated."""
+    if type(segment) is int and 0 < segment < 256:
+        return bytes((_INT_ZERO + 1, segment))  # the common case: a small name index
+    return pack((segment,))
+
+
 def parse_location_key(key: bytes) -> Location:
     """Location of a ``history_key`` or ``metadata_key``."""
-    _, *location = unpack(key)
-    return tuple(location)  # type: ignore[arg-type]
+    return parse_location(key, len(HISTORY_PREFIX))
+
+
+def parse_location(data: bytes, start: int = 0) -> Location:
+    """Decode location segments from ``start``: a fast path for what the engine writes
+    (non-negative ints and 1-tuples of them), the general decoder for anything else."""
+    end = len(data)
+    if end - start == 2 and data[start] == _INT_ZERO + 1:
+        return (data[start + 1],)  # one small name index: most history keys
+    if end - start == 4 and data[start] == data[start + 2] == _INT_ZERO + 1:
+        return (data[start + 1], data[start + 3])
+    out: list[int | tuple[int]] = []
+    pos = start
+    while pos < end:
+        code = data[pos]
+        if _INT_ZERO <= code <= _INT_ZERO + _MAX_INT_BYTES:
+            size = code - _INT_ZERO
+            out.append(int.from_bytes(data[pos + 1 : pos + 1 + size], "big"))
+            pos += 1 + size
+        elif code == _TUPLE and pos + 1 < end and _INT_ZERO <= data[pos + 1] <= _INT_ZERO + 8:
+            size = data[pos + 1] - _INT_ZERO
+            close = pos + 2 + size
+            if close >= end or data[close] != 0x00:
+                break
+            out.append((int.from_bytes(data[pos + 2 : close], "big"),))
+            pos = close + 1
+        else:
+            break
+    if pos < end:
+        return tuple(unpack(data[start:]))  # type: ignore[arg-type]
+    return tuple(out)
 
 
 def message_key(sent_ns: int, nonce: int) -> bytes:
@@ -219,3 +255,8 @@ def prefix_end(prefix: bytes) -> bytes:
     if not trimmed:
         raise ValueError("a prefix of only 0xFF bytes has no upper bound")
     return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+HISTORY_PREFIX = prefix_key(Prefix.HISTORY)
+METADATA_PREFIX = prefix_key(Prefix.METADATA)
+NAMES_PREFIX = prefix_key(Prefix.NAMES)

@@ -26,9 +26,11 @@ class NameRegistry:
         self._index: dict[str, int] = {}
 
     def load(self, index: int, name: str) -> None:
-        while len(self._names) <= index:
-            self._names.append("")
-        self._names[index] = name
+        if index == len(self._names):
+            self._names.append(name)  # names are listed in index order: the usual case
+        else:
+            self._names.extend([""] * (index + 1 - len(self._names)))
+            self._names[index] = name
         self._index[name] = index
 
     def intern(self, name: str, pending: dict[bytes, bytes | None]) -> int:

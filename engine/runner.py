@@ -92,7 +92,8 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
     async def flushed() -> None:
         await call_hook(spec.on_history_updated, wid, "on_history_updated")
 
-    storage.on_flushed = flushed
+    if spec.on_history_updated is not None:
+        storage.on_flushed = flushed
     attach(run)
     try:
         kind, value = await _call(run, spec, fields[Field.INPUT])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -24,20 +24,24 @@ from engine.keys import Field, Location, Prefix
 from engine.location import NameRegistry
 
 
-@dataclass
 class Node:
     """One location: its recorded entry and metadata (if any) and its child locations."""
 
-    segment: Any = None
-    entry: dict[str, Any] | None = None
-    meta: dict[str, Any] | None = None
-    children: dict[Any, Node] = field(default_factory=dict)
-    _ordered: list[Node] | None = None
+    __slots__ = ("_ordered", "children", "entry", "meta", "segment", "suffix")
+
+    def __init__(self, segment: Any = None, suffix: bytes = b"") -> None:
+        self.segment = segment
+        self.suffix = suffix  # the encoded location: key = table prefix + suffix
+        self.entry: dict[str, Any] | None = None
+        self.meta: dict[str, Any] | None = None
+        self.children: dict[Any, Node] = {}
+        self._ordered: list[Node] | None = None
 
     def child(self, segment: Any) -> Node:
         node = self.children.get(segment)
         if node is None:
-            node = self.children[segment] = Node(segment)
+            node = Node(segment, suffix=self.suffix + keys.encode_segment(segment))
+            self.children[segment] = node
         return node
 
     def ordered(self) -> list[Node]:
@@ -74,45 +78,66 @@ class Storage:
         self.next_seq = 0
         self.broken = False
         self.on_flushed: Callable[[], Awaitable[None]] | None = None
-        self._lock = anyio.Lock()
+        self._in_flight = False
+        self._flushed_event: anyio.Event | None = None  # made only when a flush must wait
+        self._dirty_fields: set[Field] = set()
 
     # Loading
 
     async def load(self) -> None:
         """Read everything with one ``list`` per key prefix."""
-        for key, raw in await self._call("list", self.driver.list(keys.prefix_key(Prefix.NAMES))):
-            self.names.load(keys.parse_name_key(key), self._decode(raw, key))
-        for key, raw in await self._call("list", self.driver.list(keys.prefix_key(Prefix.FIELDS))):
-            self.fields[keys.parse_field_key(key)] = self._decode(raw, key)
+        try:
+            await self._load()
+        except CorruptedRecordError:
+            self.broken = True  # never write over a store that could not be read
+            raise
+
+    async def _load(self) -> None:
+        record = _RecordNote(self.workflow_id)
+        decode = codec.decode
+        for key, raw in await self._list(Prefix.NAMES):
+            record.key = key
+            self.names.load(keys.parse_name_key(key), decode(raw, record))
+        for key, raw in await self._list(Prefix.FIELDS):
+            record.key = key
+            self.fields[keys.parse_field_key(key)] = decode(raw, record)
         self._flushed_fields = dict(self.fields)
-        for key, raw in await self._call("list", self.driver.list(keys.prefix_key(Prefix.HISTORY))):
-            entry = self._decode(raw, key)
-            self.node(keys.parse_location_key(key), create=True).entry = entry
-            self.next_seq = max(self.next_seq, entry.get("s", -1) + 1)
-        for key, raw in await self._call(
-            "list", self.driver.list(keys.prefix_key(Prefix.METADATA))
-        ):
-            self.node(keys.parse_location_key(key), create=True).meta = self._decode(raw, key)
+        next_seq = 0
+        for key, raw in await self._list(Prefix.HISTORY):
+            record.key = key
+            entry = decode(raw, record)
+            self._node_for_key(key).entry = entry
+            seq = entry.get("s")
+            if seq is not None and seq >= next_seq:
+                next_seq = seq + 1
+        self.next_seq = next_seq
+        for key, raw in await self._list(Prefix.METADATA):
+            record.key = key
+            self._node_for_key(key).meta = decode(raw, record)
         await self.refresh_messages()
+
+    async def _list(self, prefix: Prefix) -> list[tuple[bytes, bytes]]:
+        listed: list[tuple[bytes, bytes]] = await self._call(
+            "list", self.driver.list(keys.prefix_key(prefix))
+        )
+        return listed
 
     async def refresh_messages(self) -> bool:
         """Pick up messages written since the last look; True when any arrived."""
+        listed = await self._list(Prefix.MESSAGES)
+        # Read what is known only after the await: two refreshes may run at once (a local
+        # send and a wake-up), and a message must not be added twice.
         known = {m.key for m in self.messages} | self._consumed
-        listed = await self._call("list", self.driver.list(keys.prefix_key(Prefix.MESSAGES)))
+        record = _RecordNote(self.workflow_id)
         arrived = False
         for key, raw in listed:
             if key not in known:
-                record = self._decode(raw, key)
-                self.messages.append(Message(key, record["n"], record["d"], record["t"]))
+                known.add(key)
+                record.key = key
+                message = codec.decode(raw, record)
+                self.messages.append(Message(key, message["n"], message["d"], message["t"]))
                 arrived = True
         return arrived
-
-    def _decode(self, raw: bytes, key: bytes) -> Any:
-        try:
-            return codec.decode(raw, f"workflow {self.workflow_id!r} record {_describe_key(key)}")
-        except CorruptedRecordError:
-            self.broken = True  # never write over a store we could not read
-            raise
 
     # History tree
 
@@ -123,26 +148,41 @@ class Storage:
             if child is None:
                 if not create:
                     return Node(segment)
-                child = node.children[segment] = Node(segment)
+                child = node.child(segment)
             node = child
+        return node
+
+    def _node_for_key(self, key: bytes) -> Node:
+        """The node of a loaded history or metadata key (its suffix is taken from the key)."""
+        *parents, last = keys.parse_location_key(key)
+        parent = self.node(tuple(parents), create=True) if parents else self.root
+        node = parent.children.get(last)
+        if node is None:
+            node = parent.children[last] = Node(last, suffix=key[len(keys.HISTORY_PREFIX) :])
         return node
 
     def record_entry(
         self, location: Location, scope: Node, node: Node, entry: dict[str, Any]
     ) -> None:
         """Queue ``entry`` at ``location``; ``scope`` is the parent whose order it joins."""
-        is_new = node.entry is None
-        node.entry = entry
-        if is_new:
-            scope.ordered().append(node)
-        self.pending[keys.history_key(location)] = codec.encode(
-            entry, f"workflow {self.workflow_id!r} entry {self.names.render(location)}"
+        encoded = codec.encode(
+            entry, lambda: f"workflow {self.workflow_id!r} entry {self.names.render(location)}"
         )
+        self.record_encoded_entry(location, scope, node, entry, encoded)
+
+    def record_encoded_entry(
+        self, location: Location, scope: Node, node: Node, entry: dict[str, Any], encoded: bytes
+    ) -> None:
+        """Like ``record_entry`` for an entry its operation already encoded."""
+        if node.entry is None:
+            scope.ordered().append(node)
+        node.entry = entry
+        self.pending[keys.HISTORY_PREFIX + node.suffix] = encoded
 
     def record_meta(self, location: Location, node: Node, meta: dict[str, Any]) -> None:
         node.meta = meta
-        self.pending[keys.metadata_key(location)] = codec.encode(
-            meta, f"workflow {self.workflow_id!r} metadata {self.names.render(location)}"
+        self.pending[keys.METADATA_PREFIX + node.suffix] = codec.encode(
+            meta, lambda: f"workflow {self.workflow_id!r} metadata {self.names.render(location)}"
         )
 
     def take_seq(self) -> int:
@@ -175,7 +215,9 @@ class Storage:
         key = keys.field_key(name)
         if name in self._flushed_fields and self._flushed_fields[name] == value:
             self.pending.pop(key, None)
+            self._dirty_fields.discard(name)
         else:
+            self._dirty_fields.add(name)
             self.pending[key] = codec.encode(
                 value, f"workflow {self.workflow_id!r} {name.name.lower()}"
             )
@@ -183,6 +225,7 @@ class Storage:
     def delete_field(self, name: Field) -> None:
         self.fields.pop(name, None)
         self.pending[keys.field_key(name)] = None
+        self._dirty_fields.add(name)
 
     def consume(self, message: Message) -> None:
         self.messages.remove(message)
@@ -192,31 +235,47 @@ class Storage:
     # Writing
 
     async def flush(self) -> None:
-        """Write every pending change in one atomic batch; nothing pending means no call."""
-        async with self._lock:
-            if self.broken:
-                raise StorageError(
-                    type(self.driver).__name__,
-                    "batch",
-                    RuntimeError("an earlier call of this run failed"),
-                )
-            if not self.pending:
-                return
-            writes = list(self.pending.items())
-            self.pending = {}
-            self.broken = True  # until the batch is known to have landed
-            # Shielded: a batch that started must finish, or whether it landed is unknown.
-            # Cancellation (a race decided, a run ending) takes effect right after it.
-            with anyio.CancelScope(shield=True):
-                await self._call("batch", self.driver.batch(writes))
-            self.broken = False
+        """Write every pending change in one atomic batch; nothing pending means no call.
+
+        Flushes of one run are serialized (a later one waits for the one in flight, then
+        sends whatever is pending by then) so writes reach the store in the order made.
+        """
+        while self._in_flight:
+            if self._flushed_event is None:
+                self._flushed_event = anyio.Event()
+            await self._flushed_event.wait()
+        if self.broken:
+            raise StorageError(
+                type(self.driver).__name__,
+                "batch",
+                RuntimeError("an earlier call of this run failed"),
+            )
+        if not self.pending:
+            return
+        writes = list(self.pending.items())
+        fields = self._dirty_fields
+        self.pending, self._dirty_fields = {}, set()
+        self._in_flight = True
+        try:
+            await self._call("batch", self.driver.batch(writes))
+        except anyio.get_cancelled_exc_class():
+            # Cancelled mid-batch (a race decided, a run ending): whether it landed is
+            # unknown, and since a batch only sets or deletes keys, sending it again is
+            # harmless. Queue it back under anything written since.
             for key, value in writes:
-                if key.startswith(_FIELDS_PREFIX):
-                    field_name = keys.parse_field_key(key)
-                    if value is None:
-                        self._flushed_fields.pop(field_name, None)
-                    else:
-                        self._flushed_fields[field_name] = self.fields.get(field_name)
+                self.pending.setdefault(key, value)
+            self._dirty_fields |= fields
+            raise
+        finally:
+            self._in_flight = False
+            if self._flushed_event is not None:
+                self._flushed_event.set()
+                self._flushed_event = None
+        for name in fields:
+            if name in self.fields:
+                self._flushed_fields[name] = self.fields[name]
+            else:
+                self._flushed_fields.pop(name, None)
         if self.on_flushed is not None:
             await self.on_flushed()
 
@@ -231,13 +290,23 @@ class Storage:
             raise StorageError(type(self.driver).__name__, operation, exc) from exc
 
 
-_FIELDS_PREFIX = keys.prefix_key(Prefix.FIELDS)
-
-
 def _walk(location: Location, node: Node) -> Iterator[tuple[Location, Node]]:
     yield location, node
     for segment, child in node.children.items():
         yield from _walk((*location, segment), child)
+
+
+class _RecordNote:
+    """Names the record being decoded, built only if decoding fails (load is a hot path)."""
+
+    __slots__ = ("key", "workflow_id")
+
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        self.key = b""
+
+    def __call__(self) -> str:
+        return f"workflow {self.workflow_id!r} record {_describe_key(self.key)}"
 
 
 def _describe_key(key: bytes) -> str:

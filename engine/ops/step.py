@@ -9,7 +9,6 @@ finds the entry marked done and decodes the recorded output without calling ``fn
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +17,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from engine import codec
+from engine.constants import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF_BASE,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    DEFAULT_STEP_TIMEOUT,
+)
 from engine.errors import (
     CriticalError,
     RollbackCheckpointError,
@@ -34,7 +39,7 @@ if TYPE_CHECKING:
     from engine.context import Site
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepOptions:
     max_retries: int
     backoff_base: float
@@ -56,20 +61,34 @@ class StepOptions:
         ephemeral: bool,
         rollback: Callable[[Any, Any], Awaitable[None]] | None,
     ) -> StepOptions:
-        where = f"workflow {run.workflow_id!r} step {name!r}"
-        if not callable(fn):
-            raise TypeError(f"{where}: fn must be a zero-argument callable, got {fn!r}")
-        if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"{where}: max_retries must be an int >= 0, got {max_retries!r}")
-        for label, value in (
-            ("retry_backoff_base", backoff_base),
-            ("retry_backoff_max", backoff_max),
-            ("timeout", timeout),
+        # Checked on every call, so the happy path is a few type tests and no strings.
+        if (
+            max_retries is DEFAULT_MAX_RETRIES
+            and backoff_base is DEFAULT_RETRY_BACKOFF_BASE
+            and backoff_max is DEFAULT_RETRY_BACKOFF_MAX
+            and timeout is DEFAULT_STEP_TIMEOUT
+            and rollback is None
+            and callable(fn)
         ):
-            if not isinstance(value, int | float) or value < 0 or math.isnan(value):
-                raise ValueError(f"{where}: {label} must be a number >= 0, got {value!r}")
-        if rollback is not None and not callable(rollback):
-            raise TypeError(f"{where}: rollback must be an async callable (rctx, output)")
+            return _EPHEMERAL_DEFAULTS if ephemeral else _DEFAULTS
+        problem: str | None = None
+        if not callable(fn):
+            problem = f"fn must be a zero-argument callable, got {fn!r}"
+        elif type(max_retries) is not int or max_retries < 0:
+            problem = f"max_retries must be an int >= 0, got {max_retries!r}"
+        elif rollback is not None and not callable(rollback):
+            problem = "rollback must be an async callable (rctx, output)"
+        else:
+            for label, value in (
+                ("retry_backoff_base", backoff_base),
+                ("retry_backoff_max", backoff_max),
+                ("timeout", timeout),
+            ):
+                if type(value) not in (int, float) or not value >= 0:  # NaN fails >= too
+                    problem = f"{label} must be a number >= 0, got {value!r}"
+        if problem is not None:
+            error = TypeError if "callable" in problem else ValueError
+            raise error(f"workflow {run.workflow_id!r} step {name!r}: {problem}")
         return cls(
             max_retries,
             float(backoff_base),
@@ -84,12 +103,30 @@ class StepOptions:
         return float(min(self.backoff_base * (2 ** (attempt - 1)), self.backoff_max))
 
 
+_DEFAULTS = StepOptions(
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF_BASE,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    DEFAULT_STEP_TIMEOUT,
+    False,
+    None,
+)
+_EPHEMERAL_DEFAULTS = StepOptions(
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_RETRY_BACKOFF_BASE,
+    DEFAULT_RETRY_BACKOFF_MAX,
+    DEFAULT_STEP_TIMEOUT,
+    True,
+    None,
+)
+
+
 async def run_step(site: Site, fn: Callable[[], Any], options: StepOptions) -> Any:
     run = site.run
     node = site.node
     entry = node.entry
     if entry is not None and entry.get("d"):
-        value = codec.decode(entry["o"], f"{run.describe(site.location)} output")
+        value = entry["o"]  # decoded with the entry when the run loaded history
         if options.rollback is not None:
             _register_rollback(run, site, entry["s"], options.rollback, value)
         return value
@@ -102,31 +139,36 @@ async def run_step(site: Site, fn: Callable[[], Any], options: StepOptions) -> A
             f"{run.describe(site.location)}: the step registers a rollback handler but no "
             "ctx.rollback_checkpoint(...) comes before it"
         )
-    if entry is None:
-        site.record({"d": False})
+
+    def what() -> str:
+        return run.describe(site.location) + " output"
+
     while True:
         if meta.get("r") is not None:
             await run.scheduler.wait(deadline=meta["r"])
         run.scheduler.check_stop()
         attempt = meta.get("a", 0) + 1
+        seq = run.storage.next_seq
         try:
             value = await _attempt(fn, options.timeout, run, site)
-            encoded = codec.encode(value, run.describe(site.location) + " output")
+            done: dict[str, Any] = {"k": "step", "p": site.pos, "d": True, "o": value, "s": seq}
+            if options.rollback is not None:
+                done["rb"] = True
+            encoded = codec.encode(done, what)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
             meta = await _record_failure(site, options, attempt, exc)
             continue
-        seq = run.storage.take_seq()
-        done: dict[str, Any] = {"d": True, "o": encoded, "s": seq}
-        if options.rollback is not None:
-            done["rb"] = True
-        site.record(done)
+        run.storage.take_seq()
+        # The output returned is the one decoded from the record, exactly what replay returns.
+        done = codec.decode(encoded, what)
+        run.storage.record_encoded_entry(site.location, site.ctx.scope_node, node, done, encoded)
         if meta:
             run.storage.record_meta(site.location, node, {"st": "completed", "a": attempt})
         if not options.ephemeral:
             await run.storage.flush()
-        value = codec.decode(encoded, run.describe(site.location) + " output")
+        value = done["o"]
         if options.rollback is not None:
             _register_rollback(run, site, seq, options.rollback, value)
         return value
@@ -148,6 +190,10 @@ async def _record_failure(
 ) -> dict[str, Any]:
     """Persist a failed attempt; return the metadata to retry with, or raise the failure."""
     run = site.run
+    if site.node.entry is None:
+        # The step's place in history is recorded with its first failure (a success records
+        # the finished entry directly), so the next run finds it at the same position.
+        site.record({"d": False})
     retryable = not isinstance(exc, CriticalError | RollbackError | SerializationError)
     will_retry = retryable and attempt <= options.max_retries
     retry_at = time.time() + options.backoff(attempt) if will_retry else None
