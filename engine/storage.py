@@ -154,8 +154,9 @@ class Storage:
 
     def _node_for_key(self, key: bytes) -> Node:
         """The node of a loaded history or metadata key (its suffix is taken from the key)."""
-        *parents, last = keys.parse_location_key(key)
-        parent = self.node(tuple(parents), create=True) if parents else self.root
+        location = keys.parse_location_key(key)
+        last = location[-1]
+        parent = self.node(location[:-1], create=True) if len(location) > 1 else self.root
         node = parent.children.get(last)
         if node is None:
             node = parent.children[last] = Node(last, suffix=key[len(keys.HISTORY_PREFIX) :])

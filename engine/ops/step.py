@@ -128,7 +128,9 @@ async def run_step(site: Site, fn: Callable[[], Any], options: StepOptions) -> A
     if entry is not None and entry.get("d"):
         value = entry["o"]  # decoded with the entry when the run loaded history
         if options.rollback is not None:
-            _register_rollback(run, site, entry["s"], options.rollback, value)
+            # A step recorded before its handler was added to the code has no completion
+            # number; it counts as the oldest, compensated last.
+            _register_rollback(run, site, entry.get("s", -1), options.rollback, value)
         return value
     meta = dict(node.meta or {})
     if meta.get("st") in ("exhausted", "failed"):
@@ -148,19 +150,21 @@ async def run_step(site: Site, fn: Callable[[], Any], options: StepOptions) -> A
             await run.scheduler.wait(deadline=meta["r"])
         run.scheduler.check_stop()
         attempt = meta.get("a", 0) + 1
-        seq = run.storage.next_seq
         try:
             value = await _attempt(fn, options.timeout, run, site)
-            done: dict[str, Any] = {"k": "step", "p": site.pos, "d": True, "o": value, "s": seq}
+            done: dict[str, Any] = {"k": "step", "p": site.pos, "d": True, "o": value}
             if options.rollback is not None:
+                # Only compensable steps need their completion number: it orders rollback.
                 done["rb"] = True
+                done["s"] = run.storage.next_seq
             encoded = codec.encode(done, what)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
             meta = await _record_failure(site, options, attempt, exc)
             continue
-        run.storage.take_seq()
+        if options.rollback is not None:
+            run.storage.take_seq()
         # The output returned is the one decoded from the record, exactly what replay returns.
         done = codec.decode(encoded, what)
         run.storage.record_encoded_entry(site.location, site.ctx.scope_node, node, done, encoded)
@@ -170,7 +174,7 @@ async def run_step(site: Site, fn: Callable[[], Any], options: StepOptions) -> A
             await run.storage.flush()
         value = done["o"]
         if options.rollback is not None:
-            _register_rollback(run, site, seq, options.rollback, value)
+            _register_rollback(run, site, done["s"], options.rollback, value)
         return value
 
 
