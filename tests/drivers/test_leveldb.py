@@ -140,11 +140,11 @@ def thread_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
     yield calls
 
 
-@pytest.mark.parametrize("sync", [True, False])
+@pytest.mark.parametrize(("sync", "in_thread"), [(True, False), (True, True), (False, True)])
 async def test_sync_flag_reaches_every_write_batch(
-    tmp_path: Path, sync: bool, thread_calls: list[object]
+    tmp_path: Path, sync: bool, in_thread: bool, thread_calls: list[object]
 ) -> None:
-    async with LevelDBStore(tmp_path, sync=sync) as store:
+    async with LevelDBStore(tmp_path, sync=sync, fsync_in_thread=in_thread) as store:
         assert store.sync is sync
         spy = _SpyDB(store._db)
         store._db = spy
@@ -157,13 +157,14 @@ async def test_sync_flag_reaches_every_write_batch(
         await store.register_workflow("wf", "n", "pending")
         await store.set_index_state("wf", "running")
         assert len(spy.batch_sync) == 7 and set(spy.batch_sync) == {sync}
-        # Synced writes wait for fsync in a thread; unsynced ones and reads stay on the loop.
+        # Only synced writes with fsync_in_thread go to a thread; everything else, reads
+        # included, stays on the loop.
         reads_before = len(thread_calls)
         await driver.get(b"a")
         await driver.list(b"")
         await store.due_alarms()
         assert len(thread_calls) == reads_before
-        assert len(thread_calls) == (7 if sync else 0)
+        assert len(thread_calls) == (7 if sync and in_thread else 0)
         store._db = spy.inner
 
 
@@ -185,7 +186,7 @@ async def test_closed_store_raises_storage_error(tmp_path: Path) -> None:
 
 
 async def test_close_waits_for_synced_writes_in_flight(tmp_path: Path) -> None:
-    store = LevelDBStore(tmp_path)
+    store = LevelDBStore(tmp_path, fsync_in_thread=True)
     driver = store.driver("wf")
     written: list[int] = []
 
@@ -231,10 +232,11 @@ async def test_notify_reaches_subscribers_of_that_workflow(tmp_path: Path) -> No
             assert scope.cancelled_caught  # the other workflow's notify did not arrive here
 
 
-async def test_fenced_driver_refuses_expired_lease_in_sync_thread(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_thread", [False, True])
+async def test_fenced_driver_refuses_a_stale_lease(tmp_path: Path, in_thread: bool) -> None:
     from engine.errors import LeaseLostError
 
-    async with LevelDBStore(tmp_path) as store:
+    async with LevelDBStore(tmp_path, fsync_in_thread=in_thread) as store:
         await store.driver("wf").set_alarm("wf", time.time() - 1)
         [lease] = await store.claim_due("w1", 30.0, 10)
         await store.fenced_driver(lease).batch([(b"k", b"v")])

@@ -66,9 +66,11 @@ async def test_too_large_value_raises_before_writing(monkeypatch: pytest.MonkeyP
 
 
 async def _backend_pids(store: PostgresStore) -> list[int]:
-    conns = [await store._pool.acquire() for _ in range(store._pool.get_max_size())]
+    """Server pids of every pool connection, the one the store holds for writes included."""
+    held = [store._held] if store._held is not None else []
+    conns = [await store._pool.acquire() for _ in range(store._pool.get_max_size() - len(held))]
     try:
-        return [conn.get_server_pid() for conn in conns]
+        return [conn.get_server_pid() for conn in held + conns]
     finally:
         for conn in conns:
             await store._pool.release(conn)
