@@ -12,7 +12,7 @@ is the same workflow on ``MemoryStore``.
 1.0 means the driver adds nothing but one atomic write. Targets (issue 4): 1 round trip per
 step, ratio <= 1.2 on LevelDB, Redis and Postgres.
 
-    python benchmarks/drivers.py [--steps 300] [--rounds 3]
+    python -m benchmarks.drivers [--steps 300] [--rounds 3]
 
 Needs Redis and PostgreSQL (REDIS_URL, DATABASE_URL; defaults 127.0.0.1).
 """

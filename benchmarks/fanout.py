@@ -8,7 +8,7 @@ each; exits 1 when a target is missed.
 Targets: writes per step of the join equal to the sequential run's (within 2%), and the
 join's time at most 1.5x the sequential time (best of ``--repeat`` runs).
 
-Run: ``.venv/bin/python benchmarks/fanout.py [--quick] [--repeat 5] [--backend trio]``
+Run: ``.venv/bin/python -m benchmarks.fanout [--quick] [--repeat 5] [--backend trio]``
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ A direct call blocks the loop for its whole latency (every other task waits); a 
 blocks it only for the hand-off. The last case runs 20 tasks writing ``sync=True`` batches at
 once: threaded writers let LevelDB group their fsyncs. Prints median and p99 in microseconds.
 
-Run: ``.venv/bin/python benchmarks/leveldb_threads.py [--backend trio] [--rounds 2000]``
+Run: ``.venv/bin/python -m benchmarks.leveldb_threads [--backend trio] [--rounds 2000]``
 """
 
 from __future__ import annotations

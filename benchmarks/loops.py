@@ -8,7 +8,7 @@ last 1,000. Prints a table; exits 1 when a target is missed.
 
 Targets: keys < 200 (end and peak), peak RSS growth < 50 MB, late/early time ratio <= 1.2.
 
-Run: ``.venv/bin/python benchmarks/loops.py [--quick] [--backend trio]``
+Run: ``.venv/bin/python -m benchmarks.loops [--quick] [--backend trio]``
 """
 
 from __future__ import annotations

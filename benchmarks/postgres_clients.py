@@ -6,7 +6,7 @@ is a prefix scan: here ~20 rows of one workflow in key order. Both clients use p
 statements and binary transfer, one connection each, interleaved in rounds so drift in the
 server hits both alike. Prints median and p99 in microseconds and the psycopg/asyncpg ratio.
 
-Run: ``.venv/bin/python benchmarks/postgres_clients.py [--dsn URL] [--rounds 2000]``
+Run: ``.venv/bin/python -m benchmarks.postgres_clients [--dsn URL] [--rounds 2000]``
 (``DATABASE_URL`` is the default DSN; a scratch schema is created and dropped.)
 """
 

@@ -8,7 +8,7 @@ the ratios hold on a noisy machine.
 Targets (issue 2): exactly 1 batch per non-ephemeral step; 0 writes on a pure replay; an
 executed step <= 15 msgpack round trips; a replayed step <= 6.
 
-    python benchmarks/step_overhead.py [--steps 2000] [--rounds 5]
+    python -m benchmarks.step_overhead [--steps 2000] [--rounds 5]
 """
 
 from __future__ import annotations

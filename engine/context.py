@@ -95,7 +95,11 @@ class WorkflowContext:
         self._cursor = 0
         self._used: set[str] = set()
         self._busy: tuple[str, str] | None = None  # (kind, name) of the operation in flight
-        self.queue = Queue(self)
+
+    @property
+    def queue(self) -> Queue:
+        """``ctx.queue.next(...)``: made on use, as most scopes never wait for messages."""
+        return Queue(self)
 
     @property
     def workflow_id(self) -> str:

@@ -180,11 +180,17 @@ class Storage:
         node.entry = entry
         self.pending[keys.HISTORY_PREFIX + node.suffix] = encoded
 
-    def record_meta(self, location: Location, node: Node, meta: dict[str, Any]) -> None:
+    def record_meta(
+        self, location: Location, node: Node, meta: dict[str, Any], encoded: bytes | None = None
+    ) -> None:
+        """Queue ``meta`` at ``location`` (``encoded``: its record, when already made)."""
         node.meta = meta
-        self.pending[keys.METADATA_PREFIX + node.suffix] = codec.encode(
-            meta, lambda: f"workflow {self.workflow_id!r} metadata {self.names.render(location)}"
-        )
+        if encoded is None:
+            encoded = codec.encode(
+                meta,
+                lambda: f"workflow {self.workflow_id!r} metadata {self.names.render(location)}",
+            )
+        self.pending[keys.METADATA_PREFIX + node.suffix] = encoded
 
     def take_seq(self) -> int:
         """Next completion number: rollback runs handlers in reverse of this order."""

@@ -42,6 +42,13 @@ if TYPE_CHECKING:
 BranchFn = Callable[["WorkflowContext"], Awaitable[Any]]
 
 
+# Branch statuses are constants: their records are encoded once, not once per branch.
+_STATUS_RECORDS = {
+    status: codec.encode({"st": status}, "branch status")
+    for status in ("running", "completed", "failed")
+}
+
+
 class RaceResult(NamedTuple):
     winner: str
     value: Any
@@ -123,28 +130,30 @@ async def run_join(site: Site, fns: dict[str, BranchFn]) -> dict[str, Any]:
     entry = site.node.entry
     if entry is not None:
         _check_recorded(site, entry, names)
-    statuses: dict[str, str] = dict(entry["b"]) if entry else dict.fromkeys(names, "pending")
+    else:
+        site.record({"b": names})
     outcomes = _Outcomes()
 
-    def set_status(name: str, status: str) -> None:
-        if statuses[name] != status:
-            statuses[name] = status
-            site.record({"b": dict(statuses)})
-
-    if entry is None:
-        site.record({"b": dict(statuses)})
+    def set_status(branch: _Branch, status: str) -> None:
+        # Each branch's status is its own small metadata record (no record means pending),
+        # so a status change costs the same however many branches the join has.
+        if (branch.node.meta or {}).get("st") != status:
+            run.storage.record_meta(
+                branch.location, branch.node, {"st": status}, _STATUS_RECORDS[status]
+            )
 
     async def branch_task(name: str) -> None:
         try:
-            if statuses[name] == "pending":
+            branch = _Branch(site, name)
+            if branch.node.meta is None:
                 # Only a first start changes the status: replaying a settled branch must not
-                # rewrite the entry (a pure replay writes nothing).
-                set_status(name, "running")
-            completed = await _run_branch(_Branch(site, name), fns[name], outcomes, name)
+                # rewrite it (a pure replay writes nothing).
+                set_status(branch, "running")
+            completed = await _run_branch(branch, fns[name], outcomes, name)
             if completed:
-                set_status(name, "completed")
+                set_status(branch, "completed")
             elif name in outcomes.errors:
-                set_status(name, "failed")
+                set_status(branch, "failed")
         finally:
             run.scheduler.leave()
 
@@ -258,10 +267,11 @@ async def _in_task_group(
     try:
         async with anyio.create_task_group() as tg:
             for name in names:
+                # An explicit task name also spares anyio from building one per branch.
                 if pass_scope:
-                    tg.start_soon(task, name, tg.cancel_scope)
+                    tg.start_soon(task, name, tg.cancel_scope, name=f"branch {name}")
                 else:
-                    tg.start_soon(task, name)
+                    tg.start_soon(task, name, name=f"branch {name}")
     except BaseExceptionGroup as group:
         raise single(group) from None
     finally:
