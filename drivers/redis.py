@@ -61,7 +61,9 @@ end
 # KEYS: kv, ix, lease. ARGV: token ('' = unfenced), now, then (op, a, b) triples:
 # S key value | D key - | R min max (ZRANGEBYLEX bounds). Chunks of 1000: unpack() has a
 # stack limit.
-_WRITE = _LEASE_CHECK + """
+_WRITE = (
+    _LEASE_CHECK
+    + """
 if ARGV[1] ~= '' and lease_lost(KEYS[3], ARGV[1], ARGV[2]) then return 0 end
 for i = 3, #ARGV, 3 do
   local op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -82,6 +84,7 @@ for i = 3, #ARGV, 3 do
 end
 return 1
 """
+)
 
 # KEYS: kv, ix. ARGV: min, max. Returns key1, value1, key2, value2, ... in byte order.
 _LIST = """
@@ -134,7 +137,9 @@ return 0
 """
 
 # KEYS: lease. ARGV: token, now, new expiry ('' releases).
-_RENEW = _LEASE_CHECK + """
+_RENEW = (
+    _LEASE_CHECK
+    + """
 if ARGV[3] == '' then
   if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
     redis.call('HDEL', KEYS[1], 'owner', 'exp')
@@ -145,6 +150,7 @@ if lease_lost(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], 'exp', ARGV[3])
 return 1
 """
+)
 
 # KEYS: info, all, state set. ARGV: id, name ('' = keep), state, state key head, create-only.
 _INDEX = """
@@ -321,7 +327,11 @@ class RedisStore:
         self._scripts = {
             name: client.register_script(source)
             for name, source in {
-                "write": _WRITE, "list": _LIST, "claim": _CLAIM, "renew": _RENEW, "index": _INDEX,
+                "write": _WRITE,
+                "list": _LIST,
+                "claim": _CLAIM,
+                "renew": _RENEW,
+                "index": _INDEX,
                 "settle": _SETTLE,
             }.items()
         }
