@@ -41,15 +41,15 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from enum import IntEnum
 from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
 import plyvel
-from anyio.streams.memory import MemoryObjectSendStream
 
+from drivers._inprocess import InProcessWakeups
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import CorruptedRecordError, LeaseLostError, SerializationError, StorageError
 from engine.keys import pack, prefix_end, unpack
@@ -122,31 +122,6 @@ def _check(key: object, value: object) -> None:
             f"{_STORE}: value for key {bytes(key[:80])!r} is {len(value)} bytes, "
             f"above MAX_VALUE_BYTES ({MAX_VALUE_BYTES})"
         )
-
-
-class _Subscribers:
-    """In-process wake-ups for live mode: ``notify`` reaches every open subscription."""
-
-    def __init__(self) -> None:
-        self.streams: dict[str, set[MemoryObjectSendStream[None]]] = {}
-
-    @asynccontextmanager
-    async def subscribe(self, workflow_id: str) -> AsyncIterator[AsyncIterator[None]]:
-        send, receive = anyio.create_memory_object_stream[None](max_buffer_size=64)
-        self.streams.setdefault(workflow_id, set()).add(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self.streams[workflow_id].discard(send)
-            send.close()
-
-    def notify(self, workflow_id: str) -> None:
-        for stream in self.streams.get(workflow_id, ()):
-            try:
-                stream.send_nowait(None)
-            except anyio.WouldBlock:
-                pass  # a wake-up is already queued; one is enough
 
 
 class LevelDBDriver:
@@ -293,7 +268,7 @@ class LevelDBStore:
         self._inflight = 0
         self._drained: anyio.Event | None = None
         self._alarm_changed: anyio.Event | None = None
-        self._subscribers = _Subscribers()
+        self._subscribers = InProcessWakeups()
         self._leases: dict[str, Lease] = {}
         self._tokens: dict[str, int] = {}
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import bisect
 import builtins
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
+from drivers._inprocess import InProcessWakeups
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError
 from engine.store import Lease
@@ -68,31 +67,6 @@ class _Alarms:
         return [(wid, at) for at, wid in due[:limit]]
 
 
-class _Subscribers:
-    """In-process wake-ups for live mode: ``notify`` reaches every open subscription."""
-
-    def __init__(self) -> None:
-        self.streams: dict[str, set[MemoryObjectSendStream[None]]] = {}
-
-    @asynccontextmanager
-    async def subscribe(self, workflow_id: str) -> AsyncIterator[AsyncIterator[None]]:
-        send, receive = anyio.create_memory_object_stream[None](max_buffer_size=64)
-        self.streams.setdefault(workflow_id, set()).add(send)
-        try:
-            async with receive:
-                yield receive
-        finally:
-            self.streams[workflow_id].discard(send)
-            send.close()
-
-    def notify(self, workflow_id: str) -> None:
-        for stream in self.streams.get(workflow_id, ()):
-            try:
-                stream.send_nowait(None)
-            except anyio.WouldBlock:
-                pass  # a wake-up is already queued; one is enough
-
-
 class MemoryDriver:
     """One workflow's namespace in memory.
 
@@ -108,14 +82,14 @@ class MemoryDriver:
         latency: float = 0.0,
         _namespace: _Namespace | None = None,
         _alarms: _Alarms | None = None,
-        _subscribers: _Subscribers | None = None,
+        _subscribers: InProcessWakeups | None = None,
         _workflow_id: str | None = None,
     ) -> None:
         self.worker_poll_interval = worker_poll_interval
         self.latency = latency
         self._ns = _namespace or _Namespace()
         self._alarms = _alarms or _Alarms()
-        self._subscribers = _subscribers or _Subscribers()
+        self._subscribers = _subscribers or InProcessWakeups()
         self._workflow_id = _workflow_id
 
     async def _tick(self) -> None:
@@ -259,7 +233,7 @@ class MemoryStore:
         self.latency = latency
         self._namespaces: dict[str, _Namespace] = {}
         self._alarms = _Alarms()
-        self._subscribers = _Subscribers()
+        self._subscribers = InProcessWakeups()
         self._index: dict[str, tuple[str, str]] = {}
         self._leases: dict[str, Lease] = {}
         self._tokens: dict[str, int] = {}

@@ -18,20 +18,9 @@ from engine import (
 )
 from engine.storage import Storage
 from engine.testing import CountingDriver
-from tests.support.workflows import Calls
+from tests.support.workflows import Calls, recorded_history
 
 pytestmark = pytest.mark.anyio
-
-
-async def history(driver: Any, wid: str) -> dict[str, dict[str, Any]]:
-    """Every recorded entry of the workflow, by its rendered location path."""
-    storage = Storage(driver, wid)
-    await storage.load()
-    return {
-        storage.names.render(location): node.entry
-        for location, node in storage.walk()
-        if node.entry is not None
-    }
 
 
 async def statuses(driver: Any, wid: str, join: str = "j") -> dict[str, str]:
@@ -69,7 +58,7 @@ async def test_branches_run_concurrently_in_their_own_scopes(driver: Any, wid: s
     result = await run_workflow(wid, workflow, None, driver).result()
     assert result.state == WorkflowState.COMPLETED
     assert result.output == {"a": "from-a", "b": "from-b"}
-    recorded = await history(driver, wid)
+    recorded = await recorded_history(driver, wid)
     assert recorded["j/a/x"]["d"] and recorded["j/b/x"]["d"]
     assert recorded["j"]["b"] == ["a", "b"]
     assert await statuses(driver, wid) == {"a": "completed", "b": "completed"}
@@ -167,7 +156,7 @@ async def test_waiting_branch_lets_siblings_finish_then_yields(driver: Any, wid:
     first = await run_workflow(wid, workflow, None, driver).result()
     assert first.state == WorkflowState.SLEEPING and first.wake_at is None
     assert dict(calls.counts) == {"w.before": 1, "k.one": 1, "k.two": 1}
-    recorded = await history(driver, wid)
+    recorded = await recorded_history(driver, wid)
     assert await statuses(driver, wid) == {"waits": "running", "works": "completed"}
     assert recorded["j/works/two"]["d"]
 

@@ -16,21 +16,10 @@ from engine import (
     WorkflowState,
     run_workflow,
 )
-from engine.storage import Storage
 from engine.testing import CountingDriver, FaultyDriver
-from tests.support.workflows import Calls
+from tests.support.workflows import Calls, recorded_history
 
 pytestmark = pytest.mark.anyio
-
-
-async def recorded_paths(driver: Any, wid: str) -> dict[str, dict[str, Any]]:
-    storage = Storage(driver, wid)
-    await storage.load()
-    return {
-        storage.names.render(location): node.entry
-        for location, node in storage.walk()
-        if node.entry is not None
-    }
 
 
 def counting_loop(calls: Calls, iterations: int, **options: Any) -> Any:
@@ -62,7 +51,7 @@ async def test_loop_returns_break_value_and_replays(driver: Any, wid: str) -> No
     before = dict(calls.counts)
     assert (await run_workflow(wid, workflow, None, driver).result()).state == "sleeping"
     assert dict(calls.counts) == before, "a finished loop replays without calling the body"
-    assert (await recorded_paths(driver, wid))["l"]["d"] is True
+    assert (await recorded_history(driver, wid))["l"]["d"] is True
 
 
 async def test_crash_resumes_from_the_last_committed_state(store: Any, wid: str) -> None:
@@ -86,7 +75,7 @@ async def test_crash_resumes_from_the_last_committed_state(store: Any, wid: str)
             assert faulty.crashed, exc
         else:
             pytest.fail(f"no crash at write {crash_at}")
-        landed = await recorded_paths(inner, run_id)
+        landed = await recorded_history(inner, run_id)
         committed = landed["l"]["i"] if "l" in landed else 0
         done_steps = {
             int(path.split("/")[1][1:])
@@ -125,7 +114,7 @@ async def test_history_is_trimmed_and_keys_stay_bounded(driver: Any, wid: str) -
     result = await run_workflow(wid, workflow, None, driver).result()
     assert result.output == 299
     assert max(samples) <= 50 and samples[-1] <= samples[1] + 2, samples
-    paths = await recorded_paths(driver, wid)
+    paths = await recorded_history(driver, wid)
     kept = sorted(
         int(p.split("/")[1][1:]) for p in paths if p.startswith("l/~") and p.endswith("/a")
     )
@@ -144,7 +133,7 @@ async def test_history_keep_beyond_commit_keeps_more_iterations(driver: Any, wid
         )
 
     assert (await run_workflow(wid, workflow, None, driver).result()).output == 24
-    paths = await recorded_paths(driver, wid)
+    paths = await recorded_history(driver, wid)
     kept = sorted(int(p.split("/")[1][1:]) for p in paths if p.startswith("l/~"))
     assert kept == list(range(18, 25))
 

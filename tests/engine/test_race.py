@@ -19,23 +19,11 @@ from engine import (
     WorkflowState,
     run_workflow,
 )
-from engine.storage import Storage
-from tests.support.workflows import Calls
+from tests.support.workflows import Calls, recorded_history
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 0.2  # above every test store's poll interval (0.05): a sleep this long yields
-
-
-async def history(driver: Any, wid: str) -> dict[str, dict[str, Any]]:
-    """Every recorded entry and metadata record of the workflow, by rendered path."""
-    storage = Storage(driver, wid)
-    await storage.load()
-    found: dict[str, dict[str, Any]] = {}
-    for location, node in storage.walk():
-        if node.entry is not None or node.meta is not None:
-            found[storage.names.render(location)] = node.entry or {}
-    return found
 
 
 def work_or_timeout(calls: Calls, seconds: float = TIMEOUT) -> Any:
@@ -90,7 +78,7 @@ async def test_first_to_complete_wins_and_losers_are_cancelled(driver: Any, wid:
         result = await run_workflow(wid, workflow, None, driver).result()
     assert result.state == WorkflowState.COMPLETED and result.output == ["fast", "fast"]
     assert seen_cancelled == ["slow.hang"], "the loser saw anyio's cancellation"
-    recorded = await history(driver, wid)
+    recorded = await recorded_history(driver, wid)
     assert recorded["r"]["w"] == "fast"
     assert "r/fast/only" in recorded
     assert not [path for path in recorded if path.startswith("r/slow")], recorded
@@ -173,7 +161,7 @@ async def test_yield_mode_timeout_wins(driver: Any, wid: str) -> None:
     assert first.state == WorkflowState.SLEEPING
     assert first.wake_at is not None
     assert started + TIMEOUT <= first.wake_at <= time.time() + TIMEOUT, "earliest deadline"
-    assert "r/work/before" in await history(driver, wid)
+    assert "r/work/before" in await recorded_history(driver, wid)
 
     # Waking early changes nothing: the sleep is not cut short.
     again = await run_workflow(wid, workflow, None, driver).result()
@@ -182,7 +170,7 @@ async def test_yield_mode_timeout_wins(driver: Any, wid: str) -> None:
     await anyio.sleep(max(0.0, first.wake_at - time.time()) + 0.01)
     done = await run_workflow(wid, workflow, None, driver).result()
     assert done.output == ["timeout", "timed out"]
-    recorded = await history(driver, wid)
+    recorded = await recorded_history(driver, wid)
     assert not [path for path in recorded if path.startswith("r/work")], recorded
     assert calls["work.before"] == 1 and calls["work.after"] == 0
 
@@ -202,7 +190,7 @@ async def test_yield_mode_work_wins(driver: Any, wid: str) -> None:
     assert done.output == ["work", "ok"]
     assert calls["work.before"] == 1 and calls["work.after"] == 1
     assert calls["timeout.branch"] == 2
-    recorded = await history(driver, wid)
+    recorded = await recorded_history(driver, wid)
     assert not [path for path in recorded if path.startswith("r/timeout")], recorded
     # Replay: the recorded winner, no branch runs.
     replayed = await run_workflow(wid, workflow, None, driver).result()

@@ -6,6 +6,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from engine.storage import Storage
+
 
 class Calls:
     """Counts how many times each step function really ran (replay must not call it)."""
@@ -22,3 +24,14 @@ class Calls:
 
     def __getitem__(self, name: str) -> int:
         return self.counts[name]
+
+
+async def recorded_history(driver: Any, workflow_id: str) -> dict[str, dict[str, Any]]:
+    """Every location that holds an entry or metadata, by rendered path (``j/a/x``)."""
+    storage = Storage(driver, workflow_id)
+    await storage.load()
+    return {
+        storage.names.render(location): node.entry or {}
+        for location, node in storage.walk()
+        if node.entry is not None or node.meta is not None
+    }

@@ -1,0 +1,1 @@
+"""One module per store: memory, leveldb, redis, postgres (each imports its client itself)."""
