@@ -49,7 +49,7 @@ import anyio
 import anyio.to_thread
 import plyvel
 
-from drivers._inprocess import InProcessWakeups
+from drivers._inprocess import InProcessLeases, InProcessWakeups
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import CorruptedRecordError, LeaseLostError, SerializationError, StorageError
 from engine.keys import pack, prefix_end, unpack
@@ -218,7 +218,7 @@ class _FencedLevelDBDriver(LevelDBDriver):
     def _before_write(self, operation: str) -> None:
         # Runs after the batch is built and right before it is applied (in the writing thread
         # for synced writes), so a takeover during an earlier await is still caught.
-        if not self._store._holds(self._lease):
+        if not self._store._leases.holds(self._lease):
             raise LeaseLostError(_STORE, f"{operation} of workflow {self._lease.workflow_id!r}")
 
 
@@ -269,8 +269,7 @@ class LevelDBStore:
         self._drained: anyio.Event | None = None
         self._alarm_changed: anyio.Event | None = None
         self._subscribers = InProcessWakeups()
-        self._leases: dict[str, Lease] = {}
-        self._tokens: dict[str, int] = {}
+        self._leases = InProcessLeases()
 
     def driver(self, workflow_id: str) -> LevelDBDriver:
         return LevelDBDriver(self, workflow_id)
@@ -417,42 +416,24 @@ class LevelDBStore:
 
     # Claims: one process owns the database, so leases and tokens live in memory.
 
-    def _holds(self, lease: Lease) -> bool:
-        current = self._leases.get(lease.workflow_id)
-        valid = current is not None and current.token == lease.token
-        return valid and current is not None and current.expires_at > time.time()
-
     async def claim_due(
         self, owner: str, lease: float, limit: int, now: float | None = None
     ) -> list[Lease]:
         now = time.time() if now is None else now
 
         def free(workflow_id: str) -> bool:
-            held = self._leases.get(workflow_id)
-            return held is None or held.expires_at <= now
+            return self._leases.free(workflow_id, now)
 
-        claimed: list[Lease] = []
-        for workflow_id, wake_at in self._due(now, limit, free):
-            token = self._tokens.get(workflow_id, 0) + 1
-            self._tokens[workflow_id] = token
-            claim = Lease(workflow_id, owner, token, now + lease, wake_at)
-            self._leases[workflow_id] = claim
-            claimed.append(claim)
-        return claimed
+        return [
+            self._leases.claim(workflow_id, owner, now + lease, wake_at)
+            for workflow_id, wake_at in self._due(now, limit, free)
+        ]
 
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
-        if not self._holds(lease):
-            return None
-        renewed = Lease(
-            lease.workflow_id, lease.owner, lease.token, time.time() + duration, lease.wake_at
-        )
-        self._leases[lease.workflow_id] = renewed
-        return renewed
+        return self._leases.renew(lease, duration)
 
     async def release(self, lease: Lease) -> None:
-        current = self._leases.get(lease.workflow_id)
-        if current is not None and current.token == lease.token:
-            del self._leases[lease.workflow_id]
+        self._leases.release(lease)
 
     def fenced_driver(self, lease: Lease) -> LevelDBDriver:
         return _FencedLevelDBDriver(self, lease)

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from drivers._inprocess import InProcessWakeups
+from drivers._inprocess import InProcessLeases, InProcessWakeups
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError
 from engine.store import Lease
@@ -176,12 +176,7 @@ class _FencedMemoryDriver(MemoryDriver):
         self._lease = lease
 
     def _check_lease(self, operation: str) -> None:
-        current = self._store._leases.get(self._lease.workflow_id)
-        if (
-            current is None
-            or current.token != self._lease.token
-            or current.expires_at <= time.time()
-        ):
+        if not self._store._leases.holds(self._lease):
             raise LeaseLostError(
                 "memory store", f"{operation} of workflow {self._lease.workflow_id!r}"
             )
@@ -235,8 +230,7 @@ class MemoryStore:
         self._alarms = _Alarms()
         self._subscribers = InProcessWakeups()
         self._index: dict[str, tuple[str, str]] = {}
-        self._leases: dict[str, Lease] = {}
-        self._tokens: dict[str, int] = {}
+        self._leases = InProcessLeases()
 
     def _driver_kwargs(self, workflow_id: str) -> dict[str, Any]:
         return {
@@ -278,30 +272,15 @@ class MemoryStore:
         for workflow_id, wake_at in self._alarms.due(now, len(self._alarms.wake_at)):
             if len(claimed) >= limit:
                 break
-            held = self._leases.get(workflow_id)
-            if held is not None and held.expires_at > now:
-                continue
-            token = self._tokens.get(workflow_id, 0) + 1
-            self._tokens[workflow_id] = token
-            claim = Lease(workflow_id, owner, token, now + lease, wake_at)
-            self._leases[workflow_id] = claim
-            claimed.append(claim)
+            if self._leases.free(workflow_id, now):
+                claimed.append(self._leases.claim(workflow_id, owner, now + lease, wake_at))
         return claimed
 
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
-        current = self._leases.get(lease.workflow_id)
-        if current is None or current.token != lease.token or current.expires_at <= time.time():
-            return None
-        renewed = Lease(
-            lease.workflow_id, lease.owner, lease.token, time.time() + duration, lease.wake_at
-        )
-        self._leases[lease.workflow_id] = renewed
-        return renewed
+        return self._leases.renew(lease, duration)
 
     async def release(self, lease: Lease) -> None:
-        current = self._leases.get(lease.workflow_id)
-        if current is not None and current.token == lease.token:
-            del self._leases[lease.workflow_id]
+        self._leases.release(lease)
 
     def fenced_driver(self, lease: Lease) -> MemoryDriver:
         return _FencedMemoryDriver(self, lease, **self._driver_kwargs(lease.workflow_id))
