@@ -32,7 +32,9 @@ from engine.ops.branches import RaceResult
 from engine.ops.loop import Loop, LoopResult
 from engine.ops.rollback import RollbackContext
 from engine.run import ErrorEvent
+from engine.start import StartedWorkflow, start_workflow
 from engine.state import ErrorInfo, WorkflowResult, WorkflowState
+from engine.worker import Worker, WorkerStats
 
 __all__ = [
     "DEFAULT_LOOP_COMMIT_INTERVAL",
@@ -58,9 +60,12 @@ __all__ = [
     "RollbackContext",
     "RollbackError",
     "SerializationError",
+    "StartedWorkflow",
     "StepExhaustedError",
     "StepTimeoutError",
     "StorageError",
+    "Worker",
+    "WorkerStats",
     "WorkflowContext",
     "WorkflowError",
     "WorkflowFailedError",
@@ -68,4 +73,5 @@ __all__ = [
     "WorkflowResult",
     "WorkflowState",
     "run_workflow",
+    "start_workflow",
 ]

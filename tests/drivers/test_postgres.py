@@ -116,8 +116,22 @@ async def test_key_order_is_bytewise_in_a_non_c_collation_database() -> None:
     try:
         async with await PostgresStore.connect(dsn, schema="durable") as store:
             assert await store._pool.fetchval("SELECT 'a' < 'B'")  # text order is not bytes
-            keys = [b"\x00", b"\x00\x00", b"\x7f", b"\x80", b"\x80\x00", b"\xff", b"\xff\xff",
-                    b"B", b"a", b"a\x00", b"ab", b"\xc3\xa9", b"e", b"Z"]
+            keys = [
+                b"\x00",
+                b"\x00\x00",
+                b"\x7f",
+                b"\x80",
+                b"\x80\x00",
+                b"\xff",
+                b"\xff\xff",
+                b"B",
+                b"a",
+                b"a\x00",
+                b"ab",
+                b"\xc3\xa9",
+                b"e",
+                b"Z",
+            ]
             driver = store.driver("order")
             await driver.batch([(key, key) for key in reversed(keys)])
             assert [key for key, _ in await driver.list(b"")] == sorted(keys)

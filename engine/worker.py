@@ -1,0 +1,450 @@
+"""``Worker``: claims due workflows from a shared store and runs them under a lease.
+
+One loop claims (at most as many workflows as there are free slots), one task per claimed
+workflow runs it in yield mode on a *fenced* driver and renews its lease every
+``heartbeat`` seconds. The fence is what makes a single writer: a worker that lost its lease
+(paused, partitioned, slow) has every write rejected by the store in the same atomic
+operation, so it abandons the run instead of corrupting history. After a run the worker
+mirrors the state into the index, consumes the alarm it claimed (compare-and-delete, so an
+alarm set meanwhile by a message or the run's next deadline survives) and releases the lease.
+
+Every record the worker logs carries ``event``, ``workflow_id`` and ``worker`` as attributes
+(``extra``), so ``engine.cli`` can print them as one JSON object per line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from engine import codec, keys
+from engine.constants import DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_WORKER_CONCURRENCY
+from engine.errors import CorruptedRecordError, LeaseLostError, StorageError
+from engine.handle import WorkflowHandle, run_workflow
+from engine.keys import Field, Prefix
+from engine.run import ErrorEvent
+from engine.runner import WorkflowFn
+from engine.state import WorkflowState
+from engine.store import Lease, WorkerStore
+
+logger = logging.getLogger("engine.worker")
+
+
+@dataclass
+class WorkerStats:
+    """Counters of what one worker did since it started (read them in tests and metrics)."""
+
+    claimed: int = 0
+    completed: int = 0
+    suspended: int = 0
+    evicted: int = 0
+    failed: int = 0
+    leases_lost: int = 0  # a heartbeat found the lease gone: the run was evicted at once
+    fencing_rejections: int = 0  # the store refused a write: the run was abandoned
+    unknown: int = 0  # no registered function (or no stored input): left untouched
+    store_errors: int = 0
+
+
+@dataclass
+class _Slot:
+    """One claimed workflow: its current lease and, once started, its run."""
+
+    lease: Lease
+    handle: WorkflowHandle | None = None
+    lost: bool = False
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Worker:
+    """Runs registered workflows that are due in ``store``, ``concurrency`` at a time.
+
+    Args:
+        store: a store shared by every worker (Redis, Postgres; LevelDB and memory in one
+            process).
+        workflows: registered name -> ``async def fn(ctx, input)``.
+        concurrency: most workflows run at once by this worker.
+        lease: seconds a claim lasts without renewal; another worker takes over after that.
+        heartbeat: seconds between renewals; must be well under ``lease``.
+        grace: on stop, seconds running steps get to finish before their runs are cancelled
+            (default ``lease``: after that the lease is gone and no write could land anyway).
+        handle_signals: stop gracefully on SIGTERM/SIGINT (main thread only).
+    """
+
+    def __init__(
+        self,
+        store: WorkerStore,
+        workflows: Mapping[str, WorkflowFn],
+        concurrency: int = DEFAULT_WORKER_CONCURRENCY,
+        lease: float = DEFAULT_LEASE,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        *,
+        grace: float | None = None,
+        poll_interval: float | None = None,
+        handle_signals: bool = True,
+        worker_id: str | None = None,
+    ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if not lease > 0 or not 0 < heartbeat < lease:
+            raise ValueError(f"need 0 < heartbeat < lease, got {heartbeat=} {lease=}")
+        for name, fn in workflows.items():
+            if not callable(fn):
+                raise TypeError(f"workflow {name!r}: expected an async function fn(ctx, input)")
+        self.store = store
+        self.workflows = dict(workflows)
+        self.concurrency = concurrency
+        self.lease = float(lease)
+        self.heartbeat = float(heartbeat)
+        self.grace = self.lease if grace is None else float(grace)
+        self.poll_interval = float(
+            poll_interval
+            if poll_interval is not None
+            else getattr(store, "worker_poll_interval", 1.0)
+        )
+        self.handle_signals = handle_signals
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.stats = WorkerStats()
+        self._slots: dict[str, _Slot] = {}
+        self._held: dict[str, Lease] = {}  # unknown workflows, held off for a while
+        self._kick = anyio.Event()
+        self._stop = anyio.Event()
+        self._started = False
+
+    # Lifecycle
+
+    async def run(self) -> None:
+        """Claim and run due workflows until ``stop()`` (or SIGTERM/SIGINT); then drain."""
+        if self._started:
+            raise RuntimeError(f"worker {self.worker_id} has already run")
+        self._started = True
+        self._log(
+            logging.INFO,
+            "worker_started",
+            concurrency=self.concurrency,
+            lease=self.lease,
+            heartbeat=self.heartbeat,
+        )
+        async with anyio.create_task_group() as service:
+            if self.handle_signals:
+                await service.start(self._watch_signals)
+            service.start_soon(self._watch_due)
+            async with anyio.create_task_group() as runs:
+                service.start_soon(self._enforce_grace, runs)
+                await self._claim_loop(runs, service)
+            service.cancel_scope.cancel()
+        self._log(logging.INFO, "worker_stopped", None, **_counters(self.stats))
+
+    def stop(self) -> None:
+        """Graceful stop: claim nothing more, evict every run at its next operation.
+
+        A running step finishes and keeps its output; each evicted run flushes its state,
+        re-arms its alarm for whoever runs it next, and its lease is released.
+        """
+        if self._stop.is_set():
+            return
+        self._log(logging.INFO, "worker_stopping", running=len(self._slots))
+        self._stop.set()
+        self._kick.set()
+        for slot in self._slots.values():
+            if slot.handle is not None:
+                slot.handle.evict()
+
+    @property
+    def running(self) -> int:
+        """How many workflows this worker runs right now."""
+        return len(self._slots)
+
+    async def _watch_signals(self, *, task_status: TaskStatus[None]) -> None:
+        try:
+            receiver = anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+            with receiver as signals:
+                task_status.started()
+                async for signum in signals:
+                    self._log(logging.INFO, "signal", signal=signal.Signals(signum).name)
+                    self.stop()
+        except (ValueError, RuntimeError, NotImplementedError):
+            # Not the main thread (or no signal support): the caller stops us instead.
+            task_status.started()
+
+    async def _enforce_grace(self, runs: TaskGroup) -> None:
+        await self._stop.wait()
+        await anyio.sleep(self.grace)
+        if self._slots:
+            self._log(logging.WARNING, "grace_expired", running=len(self._slots))
+            runs.cancel_scope.cancel()
+
+    # Claiming
+
+    async def _watch_due(self) -> None:
+        """Turn the store's wake-ups (pub/sub, NOTIFY, or just the poll timeout) into kicks.
+
+        Kept in its own task and never cancelled mid-wait: cancelling a pub/sub read would
+        cost a reconnect every time a slot frees up.
+        """
+        while True:
+            try:
+                await self.store.wait_for_due(self.poll_interval)
+            except StorageError as exc:
+                self._log(logging.WARNING, "store_error", operation="wait_for_due", error=exc)
+                await anyio.sleep(self.poll_interval)
+            self._kick.set()
+
+    async def _claim_loop(self, runs: TaskGroup, service: TaskGroup) -> None:
+        while not self._stop.is_set():
+            # A fresh event before claiming: a kick that lands during the claim is kept.
+            self._kick = anyio.Event()
+            free = self.concurrency - len(self._slots)
+            if free > 0:
+                try:
+                    leases = await self.store.claim_due(self.worker_id, self.lease, free)
+                except StorageError as exc:
+                    self.stats.store_errors += 1
+                    self._log(logging.WARNING, "store_error", operation="claim_due", error=exc)
+                    with anyio.move_on_after(self.poll_interval):
+                        await self._stop.wait()
+                    continue
+                for lease in leases:
+                    self.stats.claimed += 1
+                    stale = self._slots.get(lease.workflow_id)
+                    if stale is not None:
+                        # Our own earlier claim expired (this process was paused): that run
+                        # can no longer write, so it gives way to the fresh claim.
+                        self._lose(stale)
+                    slot = self._slots[lease.workflow_id] = _Slot(lease)
+                    runs.start_soon(self._run_slot, slot, service)
+            await self._kick.wait()
+
+    # Running one workflow
+
+    async def _run_slot(self, slot: _Slot, service: TaskGroup) -> None:
+        wid = slot.lease.workflow_id
+        hold = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._renew_until_done, slot)
+                try:
+                    hold = await self._execute(slot)
+                except Exception as exc:  # a worker bug must not take the other runs down
+                    self._log(logging.ERROR, "worker_error", wid, error=exc)
+                finally:
+                    slot.done.set()
+        finally:
+            if self._slots.get(wid) is slot:
+                del self._slots[wid]
+            if hold:
+                self._held[wid] = slot.lease
+                service.start_soon(self._hold_off, slot.lease)
+            else:
+                await self._release(slot.lease)
+            self._kick.set()
+
+    async def _execute(self, slot: _Slot) -> bool:
+        """Run the claimed workflow once; True when it must be held off (unknown name)."""
+        lease = slot.lease
+        wid = lease.workflow_id
+        driver = self.store.fenced_driver(lease)
+        try:
+            fields = await self._fields(driver, wid)
+            name = fields.get(Field.NAME)
+            if name is None:
+                info = await self.store.workflow_info(wid)
+                name = info[0] if info is not None else None
+        except StorageError as exc:
+            self.stats.store_errors += 1
+            self._log(logging.WARNING, "store_error", wid, operation="load", error=exc)
+            return False
+        except CorruptedRecordError as exc:
+            self.stats.unknown += 1
+            self._log(logging.ERROR, "unknown_workflow", wid, reason="unreadable", error=exc)
+            return True
+        fn = self.workflows.get(name) if isinstance(name, str) else None
+        if fn is None or Field.INPUT not in fields:
+            # Never dropped, never failed: a deploy with that workflow may be on its way.
+            self.stats.unknown += 1
+            reason = "no input stored" if fn is not None else "no registered function"
+            self._log(logging.ERROR, "unknown_workflow", wid, name=name, reason=reason)
+            return True
+        if self._stop.is_set() or slot.lost:
+            return False
+        self._log(logging.DEBUG, "claimed", wid, name=name, token=lease.token)
+        handle = run_workflow(
+            wid, fn, fields[Field.INPUT], driver, mode="yield", on_error=self._on_error
+        )
+        slot.handle = handle
+        if self._stop.is_set():
+            handle.evict()  # stop() ran between the claim and here
+        await self._finish(slot, handle)
+        return False
+
+    async def _fields(self, driver: Any, wid: str) -> dict[Field, Any]:
+        rows = await driver.list(keys.prefix_key(Prefix.FIELDS))
+        wanted = {keys.field_key(Field.NAME): Field.NAME, keys.field_key(Field.INPUT): Field.INPUT}
+        return {
+            wanted[key]: codec.decode(raw, f"workflow {wid!r} {wanted[key].name.lower()}")
+            for key, raw in rows
+            if key in wanted
+        }
+
+    async def _finish(self, slot: _Slot, handle: WorkflowHandle) -> None:
+        wid = slot.lease.workflow_id
+        try:
+            result = await handle.result()
+        except LeaseLostError as exc:
+            # Someone else holds the workflow now; retrying here would make two writers.
+            self.stats.fencing_rejections += 1
+            self._log(logging.WARNING, "fencing_rejected", wid, token=slot.lease.token, error=exc)
+            return
+        except StorageError as exc:
+            self.stats.store_errors += 1
+            self._log(logging.WARNING, "store_error", wid, operation="run", error=exc)
+            return  # the alarm stays: the run resumes from what landed
+        except Exception as exc:
+            self.stats.failed += 1
+            self._log(logging.ERROR, "workflow_failed", wid, token=slot.lease.token, error=exc)
+            await self._settle(slot, WorkflowState.FAILED)
+            return
+        if slot.lost:
+            self._log(
+                logging.WARNING,
+                "run_abandoned",
+                wid,
+                token=slot.lease.token,
+                state=result.state.value,
+            )
+            return
+        if result.evicted:
+            self.stats.evicted += 1
+        elif result.state == WorkflowState.COMPLETED:
+            self.stats.completed += 1
+        else:
+            self.stats.suspended += 1
+        self._log(
+            logging.INFO,
+            "run_finished",
+            wid,
+            token=slot.lease.token,
+            state=result.state.value,
+            evicted=result.evicted,
+            wake_at=result.wake_at,
+        )
+        await self._settle(slot, result.state)
+
+    async def _settle(self, slot: _Slot, state: WorkflowState) -> None:
+        wid = slot.lease.workflow_id
+        try:
+            # Independent writes: sent together, one round trip of latency.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.store.set_index_state, wid, state.value)
+                if slot.lease.wake_at is not None:
+                    tg.start_soon(self.store.settle_alarm, wid, slot.lease.wake_at)
+        except* StorageError as group:
+            exc = group.exceptions[0]
+            self.stats.store_errors += 1
+            self._log(logging.WARNING, "store_error", wid, operation="settle", error=exc)
+
+    async def _renew_until_done(self, slot: _Slot) -> None:
+        while True:
+            with anyio.move_on_after(self.heartbeat):
+                await slot.done.wait()
+                return
+            try:
+                renewed = await self.store.renew(slot.lease, self.lease)
+            except StorageError as exc:
+                self._log(
+                    logging.WARNING,
+                    "store_error",
+                    slot.lease.workflow_id,
+                    operation="renew",
+                    error=exc,
+                )
+                if time.time() < slot.lease.expires_at:
+                    continue  # try again next beat while the lease may still hold
+                renewed = None
+            if renewed is None:
+                if not slot.done.is_set():
+                    self._lose(slot)
+                return
+            slot.lease = renewed
+
+    def _lose(self, slot: _Slot) -> None:
+        """The lease is gone: evict the run at once (its writes would be rejected anyway)."""
+        if slot.lost:
+            return
+        slot.lost = True
+        self.stats.leases_lost += 1
+        self._log(logging.WARNING, "lease_lost", slot.lease.workflow_id, token=slot.lease.token)
+        if slot.handle is not None:
+            slot.handle.evict()
+
+    async def _hold_off(self, lease: Lease) -> None:
+        """Keep an unknown workflow's lease (not renewed) so no worker hot-loops on it."""
+        try:
+            with anyio.move_on_after(self.lease):
+                await self._stop.wait()
+        finally:
+            self._held.pop(lease.workflow_id, None)
+            await self._release(lease)
+
+    async def _release(self, lease: Lease) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.release(lease)
+            except StorageError as exc:
+                self._log(
+                    logging.WARNING,
+                    "store_error",
+                    lease.workflow_id,
+                    operation="release",
+                    error=exc,
+                )
+
+    # Logging
+
+    async def _on_error(self, event: ErrorEvent) -> None:
+        if event.kind == "workflow":
+            return  # logged once, with the outcome, by _finish
+        self._log(
+            logging.WARNING if event.will_retry else logging.ERROR,
+            f"{event.kind}_failed",
+            event.workflow_id,
+            location=event.location,
+            attempt=event.attempt,
+            will_retry=event.will_retry,
+            retry_at=event.retry_at,
+            error=event.error,
+        )
+
+    def _log(self, level: int, event: str, workflow_id: str | None = None, **fields: Any) -> None:
+        if not logger.isEnabledFor(level):
+            return
+        for key, value in fields.items():
+            if isinstance(value, BaseException):
+                fields[key] = f"{type(value).__name__}: {value}"
+        details = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        logger.log(
+            level,
+            "%s %s %s",
+            event,
+            workflow_id or "-",
+            details,
+            extra={
+                "event": event,
+                "workflow_id": workflow_id,
+                "worker": self.worker_id,
+                "fields": fields,
+            },
+        )
+
+
+def _counters(stats: WorkerStats) -> dict[str, int]:
+    return dict(vars(stats))

@@ -1,0 +1,274 @@
+"""``Worker`` in one process, on every store: claim, run, renew, fence, unknown names, stop."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import anyio
+import pytest
+
+from engine import Worker, WorkflowContext, WorkflowState, keys, start_workflow
+from engine.keys import Prefix
+from tests.support.workflows import Calls
+from tests.workers.helpers import (
+    all_in_state,
+    output_of,
+    running,
+    send,
+    state_of,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _wid() -> str:
+    return f"wf-{uuid.uuid4().hex[:12]}"
+
+
+def _worker(store: Any, workflows: dict[str, Any], **options: Any) -> Worker:
+    options.setdefault("lease", 2.0)
+    options.setdefault("heartbeat", 0.5)
+    return Worker(store, workflows, handle_signals=False, poll_interval=0.05, **options)
+
+
+async def _due(store: Any, wid: str) -> bool:
+    return wid in [w for w, _ in await store.due_alarms(now=time.time() + 0.001, limit=10_000)]
+
+
+async def _history_steps(store: Any, wid: str) -> int:
+    return len(await store.driver(wid).list(keys.prefix_key(Prefix.HISTORY)))
+
+
+async def test_runs_due_workflows_to_completion(store: Any) -> None:
+    calls = Calls()
+
+    async def double(ctx: WorkflowContext, n: int) -> Any:
+        a = await ctx.step("a", calls.fn("a", n * 2))
+        b = await ctx.step("b", calls.fn("b", a + 1))
+        return b
+
+    ids = [_wid() for _ in range(8)]
+    for i, wid in enumerate(ids):
+        await start_workflow(store, "double", wid, i)
+    worker = _worker(store, {"double": double})
+    async with running(worker):
+        await wait_until(lambda: all_in_state(store, ids, "completed"), what="completed")
+    for i, wid in enumerate(ids):
+        assert await output_of(store, wid) == i * 2 + 1
+        assert not await _due(store, wid)
+    assert (calls["a"], calls["b"]) == (8, 8)
+    assert worker.stats.completed == 8
+    assert worker.stats.leases_lost == worker.stats.fencing_rejections == 0
+
+
+async def test_sleeps_and_messages_wake_the_workflow(store: Any) -> None:
+    async def waits(ctx: WorkflowContext, _: Any) -> Any:
+        await ctx.sleep("nap", 0.2)  # longer than the poll interval: yields, an alarm wakes it
+        [got] = await ctx.queue.next("go", names=["go"])
+        return await ctx.step("done", lambda: f"got {got}")
+
+    wid = _wid()
+    await start_workflow(store, "waits", wid, None)
+    worker = _worker(store, {"waits": waits})
+    async with running(worker):
+        await wait_until(lambda: all_in_state(store, [wid], "sleeping"), what="sleeping")
+        await anyio.sleep(0.4)
+        assert await state_of(store, wid) == WorkflowState.SLEEPING
+        assert not await _due(store, wid)  # waiting for a message alone: no alarm left
+        await send(store, wid, "go", 42)
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), what="completed")
+    assert await output_of(store, wid) == "got 42"
+    assert worker.stats.suspended >= 2
+
+
+async def test_concurrency_limits_runs_at_once(store: Any) -> None:
+    now_running, peak = [0], [0]
+
+    async def busy() -> str:
+        now_running[0] += 1
+        peak[0] = max(peak[0], now_running[0])
+        await anyio.sleep(0.05)
+        now_running[0] -= 1
+        return "ok"
+
+    async def slow(ctx: WorkflowContext, _: Any) -> Any:
+        return await ctx.step("busy", busy)
+
+    ids = [_wid() for _ in range(7)]
+    for wid in ids:
+        await start_workflow(store, "slow", wid, None)
+    worker = _worker(store, {"slow": slow}, concurrency=2)
+    async with running(worker):
+        await wait_until(lambda: all_in_state(store, ids, "completed"), what="completed")
+    assert peak[0] == 2
+
+
+async def test_heartbeat_keeps_a_long_step_leased(store: Any) -> None:
+    calls = Calls()
+
+    async def long(ctx: WorkflowContext, _: Any) -> Any:
+        async def work() -> str:
+            calls.counts["work"] += 1
+            await anyio.sleep(1.0)  # far past the lease: only renewals keep it
+            return "done"
+
+        return await ctx.step("work", work)
+
+    wid = _wid()
+    await start_workflow(store, "long", wid, None)
+    first = _worker(store, {"long": long}, lease=0.3, heartbeat=0.08)
+    second = _worker(store, {"long": long}, lease=0.3, heartbeat=0.08)
+    async with running(first, second):
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), what="completed")
+    assert calls["work"] == 1
+    assert first.stats.leases_lost + second.stats.leases_lost == 0
+    assert first.stats.fencing_rejections + second.stats.fencing_rejections == 0
+
+
+async def test_lost_lease_evicts_and_abandons_the_run(store: Any) -> None:
+    calls = Calls()
+    release = anyio.Event()
+
+    async def blocked(ctx: WorkflowContext, _: Any) -> Any:
+        async def work() -> int:
+            calls.counts["work"] += 1
+            if calls["work"] == 1:
+                await release.wait()
+            return calls["work"]
+
+        return await ctx.step("work", work)
+
+    wid = _wid()
+    await start_workflow(store, "blocked", wid, None)
+    worker = _worker(store, {"blocked": blocked}, lease=1.0, heartbeat=0.05)
+    async with running(worker):
+        await wait_until(lambda: _started(calls), what="the step to start")
+        # Another worker claims it as if the lease had expired (its clock is far ahead).
+        [thief] = await store.claim_due("thief", 30.0, 1, now=time.time() + 1000)
+        assert thief.workflow_id == wid
+        await wait_until(lambda: _counted(worker, "leases_lost"), what="lease lost")
+        release.set()  # the step finishes; its write is fenced off
+        await wait_until(lambda: _counted(worker, "fencing_rejections"), what="fencing")
+        assert await _history_steps(store, wid) == 0  # nothing of the stale run landed
+        assert await state_of(store, wid) == WorkflowState.PENDING
+        await store.release(thief)  # the thief gives up: the alarm is still there
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), what="completed")
+    assert await output_of(store, wid) == 2  # the second execution is the one that landed
+    assert worker.stats.leases_lost == 1
+    assert worker.stats.fencing_rejections == 1
+
+
+async def _started(calls: Calls) -> bool:
+    return calls["work"] >= 1
+
+
+async def _counted(worker: Worker, counter: str) -> bool:
+    return bool(getattr(worker.stats, counter))
+
+
+async def test_unknown_name_is_left_untouched_and_not_hot_looped(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def known(ctx: WorkflowContext, n: int) -> int:
+        return await ctx.step("one", lambda: n + 1)
+
+    wid = _wid()
+    await start_workflow(store, "deployed-later", wid, 1)
+    caplog.set_level(logging.ERROR, logger="engine.worker")
+    worker = _worker(store, {"known": known}, lease=0.3, heartbeat=0.1)
+    async with running(worker):
+        await anyio.sleep(1.0)
+        assert 1 <= worker.stats.unknown <= 5  # held off one lease at a time, not hot-looped
+    assert await state_of(store, wid) == WorkflowState.PENDING
+    assert await store.workflow_info(wid) == ("deployed-later", "pending")
+    assert await _due(store, wid)  # the alarm was not consumed
+    assert await _history_steps(store, wid) == 0
+    assert any(getattr(r, "event", None) == "unknown_workflow" for r in caplog.records)
+    # Once a worker that knows the name comes, it runs it.
+    later = _worker(store, {"deployed-later": known})
+    async with running(later):
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), what="completed")
+    assert await output_of(store, wid) == 2
+
+
+async def test_failure_is_logged_and_indexed_as_failed(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(ctx: WorkflowContext, _: Any) -> Any:
+        def fail() -> None:
+            raise ValueError("boom")
+
+        return await ctx.step("fail", fail, max_retries=1, retry_backoff_base=0.01)
+
+    wid = _wid()
+    await start_workflow(store, "broken", wid, None)
+    caplog.set_level(logging.INFO, logger="engine.worker")
+    worker = _worker(store, {"broken": broken})
+    async with running(worker):
+        await wait_until(lambda: all_in_state(store, [wid], "failed"), what="failed")
+    assert worker.stats.failed == 1
+    assert not await _due(store, wid)
+    events = [(getattr(r, "event", None), getattr(r, "fields", {})) for r in caplog.records]
+    attempts = [f["attempt"] for e, f in events if e == "step_failed"]
+    assert attempts == [1, 2]
+    assert any(e == "workflow_failed" for e, _ in events)
+
+
+async def test_stop_is_graceful(store: Any) -> None:
+    calls = Calls()
+    in_step = anyio.Event()
+
+    async def two_steps(ctx: WorkflowContext, _: Any) -> Any:
+        async def slow() -> str:
+            calls.counts["slow"] += 1
+            in_step.set()
+            await anyio.sleep(0.3)
+            return "slow done"
+
+        a: str = await ctx.step("slow", slow)
+        b = await ctx.step("next", calls.fn("next"))
+        return [a, b]
+
+    wid = _wid()
+    await start_workflow(store, "two", wid, None)
+    worker = _worker(store, {"two": two_steps}, lease=5.0, heartbeat=1.0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker.run)
+        await in_step.wait()
+        started = time.monotonic()
+        worker.stop()
+    assert time.monotonic() - started < 2.0  # the step finished; the worker did not linger
+    assert (calls["slow"], calls["next"]) == (1, 0)
+    assert await _history_steps(store, wid) == 1  # the running step kept its output
+    assert worker.stats.evicted == 1
+    assert await _due(store, wid)  # re-armed for whoever runs it next
+    # The lease was released: another worker claims it at once, long before 5 s.
+    other = _worker(store, {"two": two_steps})
+    async with running(other):
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), timeout=3.0)
+    assert await output_of(store, wid) == ["slow done", "next"]
+    assert (calls["slow"], calls["next"]) == (1, 1)
+
+
+async def test_stop_before_any_claim_returns_at_once(store: Any) -> None:
+    worker = _worker(store, {})
+    with anyio.fail_after(2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await anyio.sleep(0.1)
+            worker.stop()
+
+
+def test_rejects_bad_settings() -> None:
+    from drivers.memory import MemoryStore
+
+    with pytest.raises(ValueError):
+        Worker(MemoryStore(), {}, concurrency=0)
+    with pytest.raises(ValueError):
+        Worker(MemoryStore(), {}, lease=1.0, heartbeat=1.0)
+    with pytest.raises(TypeError):
+        Worker(MemoryStore(), {"x": "not a function"})  # type: ignore[dict-item]
