@@ -109,6 +109,15 @@ def single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
+def first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in ``group``, however nested: for concurrent calls that fail alike
+    (every list of a load fails the same way when the store is down)."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 def error_record(exc: BaseException) -> dict[str, str]:
     """What is stored about an error: its type name, message and traceback text."""
     import traceback
