@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-# drivers/ is a namespace package: benchmarks/drivers.py (the script directory is on sys.path)
-# would shadow it, so the project root replaces the script directory.
+# Run as a script, benchmarks/drivers.py (the script directory is on sys.path) would shadow
+# the drivers package, so the project root replaces the script directory.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(ROOT))
 

@@ -112,14 +112,16 @@ def _scheduler(spec: RunSpec, storage: Storage) -> Scheduler:
         if earliest is not None and armed[0] != earliest:
             await spec.driver.set_alarm(spec.workflow_id, earliest)
             armed[0] = earliest
+            scheduler.armed_alarm = True
 
-    return Scheduler(
+    scheduler = Scheduler(
         spec.mode,
         spec.driver.worker_poll_interval,
         storage.refresh_messages,
         on_live_idle,
         message_poll=not isinstance(spec.driver, WakeSource),
     )
+    return scheduler
 
 
 async def _call(run: Run, spec: RunSpec, input_value: Any) -> tuple[str, Any]:
@@ -185,7 +187,11 @@ async def _settle(
             storage.set_field(Field.OUTPUT, output)
             storage.set_field(Field.STATE, WorkflowState.COMPLETED.value)
             await storage.flush()
-            await spec.driver.clear_alarm(wid)
+            if storage.seen_before or storage.saw_messages or run.scheduler.armed_alarm:
+                # Otherwise no alarm can exist: nothing started this workflow before, no
+                # message came, no run armed one. (A message sent in the very last instant
+                # may leave one: a worker then replays the completed workflow once.)
+                await spec.driver.clear_alarm(wid)
             return WorkflowResult(wid, WorkflowState.COMPLETED, output=output)
     if kind == "suspended":
         storage.set_field(Field.STATE, WorkflowState.SLEEPING.value)

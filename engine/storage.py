@@ -76,6 +76,8 @@ class Storage:
         self._consumed: set[bytes] = set()
         self.pending: dict[bytes, bytes | None] = {}
         self.next_seq = 0
+        self.seen_before = False  # the workflow had stored fields when this run loaded it
+        self.saw_messages = False  # a message was in the store at some look during this run
         self.broken = False
         self.on_flushed: Callable[[], Awaitable[None]] | None = None
         self._in_flight = False
@@ -118,6 +120,7 @@ class Storage:
             record.key = key
             self.fields[keys.parse_field_key(key)] = decode(raw, record)
         self._flushed_fields = dict(self.fields)
+        self.seen_before = bool(self.fields)
         next_seq = 0
         for key, raw in listed[Prefix.HISTORY]:
             record.key = key
@@ -140,6 +143,7 @@ class Storage:
     async def refresh_messages(self) -> bool:
         """Pick up messages written since the last look; True when any arrived."""
         listed = await self._list(Prefix.MESSAGES)
+        self.saw_messages = self.saw_messages or bool(listed)
         # Read what is known only after the await: two refreshes may run at once (a local
         # send and a wake-up), and a message must not be added twice.
         known = {m.key for m in self.messages} | self._consumed

@@ -175,3 +175,27 @@ def test_run_workflow_checks_its_arguments(args: tuple[str, Any], error: type[Ex
         run_workflow(workflow_id, fn if fn != "fn" else (lambda c, i: None), None, MemoryDriver())
     with pytest.raises(ValueError, match="mode must be"):
         run_workflow("w", lambda c, i: None, None, MemoryDriver(), mode="turbo")  # type: ignore[arg-type]
+
+
+async def test_completion_clears_an_alarm_only_when_one_can_exist(
+    store: Any, driver: Any, wid: str
+) -> None:
+    from engine.testing import CountingDriver
+
+    async def wf(ctx: WorkflowContext, _: None) -> int:
+        return await ctx.step("only", lambda: 1)
+
+    fresh = CountingDriver(driver)
+    assert (await run_workflow(wid, wf, None, fresh).result()).output == 1
+    assert fresh.calls["clear_alarm"] == 0  # a first run that never waited armed nothing
+
+    async def waits(ctx: WorkflowContext, _: None) -> Any:
+        return await ctx.queue.next("go")
+
+    other = f"{wid}-msg"
+    counting = CountingDriver(store.driver(other))
+    handle = run_workflow(other, waits, None, counting)
+    await handle.message("go", "now")  # sets an alarm for now
+    assert (await handle.result()).output == ["now"]
+    assert counting.calls["clear_alarm"] == 1
+    assert other not in {w for w, _ in await store.due_alarms(now=time.time() + 60)}
