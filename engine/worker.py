@@ -278,7 +278,12 @@ class Worker:
             return False
         self._log(logging.DEBUG, "claimed", wid, name=name, token=lease.token)
         handle = run_workflow(
-            wid, fn, fields[Field.INPUT], driver, mode="yield", on_error=self._on_error
+            wid,
+            fn,
+            fields[Field.INPUT],
+            _AlarmSettledByWorker(driver),
+            mode="yield",
+            on_error=self._on_error,
         )
         slot.handle = handle
         if self._stop.is_set():
@@ -342,13 +347,13 @@ class Worker:
     async def _settle(self, slot: _Slot, state: WorkflowState) -> None:
         wid = slot.lease.workflow_id
         try:
-            # Independent writes: sent together, one round trip of latency.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self.store.set_index_state, wid, state.value)
-                if slot.lease.wake_at is not None:
-                    tg.start_soon(self.store.settle_alarm, wid, slot.lease.wake_at)
-        except* StorageError as group:
-            exc = group.exceptions[0]
+            # In this order: consuming the alarm is what marks the run as dealt with. A crash
+            # before it leaves the alarm due, so another worker replays the workflow (cheap:
+            # nothing executes again) and brings the index up to date.
+            await self.store.set_index_state(wid, state.value)
+            if slot.lease.wake_at is not None:
+                await self.store.settle_alarm(wid, slot.lease.wake_at)
+        except StorageError as exc:
             self.stats.store_errors += 1
             self._log(logging.WARNING, "store_error", wid, operation="settle", error=exc)
 
@@ -444,6 +449,26 @@ class Worker:
                 "fields": fields,
             },
         )
+
+
+class _AlarmSettledByWorker:
+    """The fenced driver of a claimed run, except that ending the run does not clear the alarm.
+
+    A run clears its workflow's alarm when it completes, fails or is cancelled. Under a
+    worker that would happen before the worker updates the index, and a crash in between
+    would leave a finished workflow listed in its old state with nothing left to revisit
+    it. The worker consumes the alarm itself (``settle_alarm``) once the index is written.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.worker_poll_interval = inner.worker_poll_interval
+
+    async def clear_alarm(self, workflow_id: str) -> None:
+        """Left to the worker's settle, after the index update."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def _counters(stats: WorkerStats) -> dict[str, int]:

@@ -272,3 +272,37 @@ def test_rejects_bad_settings() -> None:
         Worker(MemoryStore(), {}, lease=1.0, heartbeat=1.0)
     with pytest.raises(TypeError):
         Worker(MemoryStore(), {"x": "not a function"})  # type: ignore[dict-item]
+
+
+async def test_a_crash_before_the_index_update_is_repaired_by_the_next_claim(store: Any) -> None:
+    """The run completed, but the worker died before indexing it: the alarm must survive
+    so that a later claim replays the workflow (no step runs again) and fixes the index."""
+    calls = Calls()
+
+    async def one_step(ctx: WorkflowContext, _: Any) -> Any:
+        return await ctx.step("only", calls.fn("only", "done"))
+
+    wid = _wid()
+    await start_workflow(store, "one", wid, None)
+    real_set_index_state = store.set_index_state
+    failures: list[str] = []
+
+    async def dies_once(workflow_id: str, state: str) -> None:
+        if not failures:
+            failures.append(state)
+            from engine.errors import StorageError
+
+            raise StorageError("test store", "set_index_state")  # the worker "dies" here
+        await real_set_index_state(workflow_id, state)
+
+    store.set_index_state = dies_once
+    try:
+        worker = _worker(store, {"one": one_step}, lease=0.4, heartbeat=0.1)
+        async with running(worker):
+            await wait_until(lambda: all_in_state(store, [wid], "completed"), what="repaired")
+    finally:
+        store.set_index_state = real_set_index_state
+    assert failures == ["completed"]
+    assert calls["only"] == 1 and await output_of(store, wid) == "done"
+    assert not await _due(store, wid)
+    assert worker.stats.claimed == 2  # the first run, then the replay that fixed the index
