@@ -343,18 +343,25 @@ class RedisStore:
         *,
         namespace: str = "durable",
         worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
+        max_connections: int = 50,
+        connection_wait: float = 30.0,
         **client_options: Any,
     ) -> RedisStore:
         """Connect and check the server answers; ``client_options`` go to redis-py.
 
         A dropped connection is retried (``DEFAULT_RETRIES`` times unless ``retry`` is given):
         every write is a script that sets a final state, so resending one whose reply was
-        lost is harmless, and a script never runs halfway.
+        lost is harmless, and a script never runs halfway. At most ``max_connections`` are
+        open; a call beyond that waits up to ``connection_wait`` seconds for a free one
+        (redis-py's default pool would raise at once, e.g. under a burst of starts).
         """
         client_options.setdefault(
             "retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), DEFAULT_RETRIES)
         )
-        client = aioredis.Redis.from_url(url, **client_options)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=connection_wait, **client_options
+        )
+        client = aioredis.Redis(connection_pool=pool)
         try:
             with _map_errors("connect"):
                 await client.ping()

@@ -234,3 +234,15 @@ async def test_fenced_writes_stop_when_the_lease_expires(store: RedisStore) -> N
 async def test_unreachable_server_raises_storage_error() -> None:
     with pytest.raises(StorageError, match="redis store connect failed"):
         await RedisStore.connect("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+
+
+async def test_a_burst_beyond_the_pool_waits_for_connections() -> None:
+    """More concurrent calls than connections: they queue for one instead of failing."""
+    from engine import start_workflow
+
+    async with open_store(max_connections=4) as store:
+        ids = [f"burst-{n}" for n in range(300)]
+        async with anyio.create_task_group() as tg:
+            for n, wid in enumerate(ids):
+                tg.start_soon(start_workflow, store, "flow", wid, n)
+        assert set(await store.list_workflows("pending", limit=1000)) == set(ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from drivers.redis import RedisStore
 from engine.errors import StorageError
@@ -20,10 +21,15 @@ async def delete_namespace(store: RedisStore) -> None:
 
 
 @asynccontextmanager
-async def open_store(*, worker_poll_interval: float = 0.05) -> AsyncIterator[RedisStore]:
+async def open_store(
+    *, worker_poll_interval: float = 0.05, **options: Any
+) -> AsyncIterator[RedisStore]:
     try:
         store = await RedisStore.connect(
-            REDIS_URL, namespace=unique_name("redis"), worker_poll_interval=worker_poll_interval
+            REDIS_URL,
+            namespace=unique_name("redis"),
+            worker_poll_interval=worker_poll_interval,
+            **options,
         )
     except StorageError as exc:
         unreachable("Redis", REDIS_URL, exc)
