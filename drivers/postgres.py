@@ -286,6 +286,23 @@ class PostgresDriver:
         await self._store.notify(self._workflow_id or workflow_id)
 
 
+def _unusable(connection: Any) -> bool:
+    """True for a held connection that closed, or that asyncpg already took back (it
+    detaches a pooled connection by itself when the server closes it)."""
+    try:
+        return bool(connection.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
+async def _discard(pool: Any, connection: Any) -> None:
+    """Close a suspect connection and hand it back: the pool opens a fresh one instead."""
+    with contextlib.suppress(Exception):
+        connection.terminate()
+    with contextlib.suppress(Exception):
+        await pool.release(connection)
+
+
 async def _no_session_reset(connection: Any) -> None:
     """Skip asyncpg's reset on release (one more round trip per statement, which doubled a
     step's latency): pooled connections only ever run single self-contained statements, and
@@ -374,11 +391,15 @@ class PostgresStore:
         """
         sql = self._sql[statement or operation]
         with _errors(operation):
-            if idempotent:
-                try:
-                    return await self._run(method, sql, args)
-                except _CONNECTION_LOST:
-                    pass
+            try:
+                return await self._run(method, sql, args)
+            except _CONNECTION_LOST:
+                # A connection was cut (a server restart, an administrator's kill): the ones
+                # opened beside it are most likely cut too, and idle ones are left broken
+                # without a word. Replace them all rather than fail on each in turn.
+                await self._pool.expire_connections()
+                if not idempotent:
+                    raise
             return await self._run(method, sql, args)
 
     async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
@@ -392,15 +413,19 @@ class PostgresStore:
             return await getattr(self._pool, method)(sql, *args)
         self._held_busy = True
         try:
-            if self._held is None:
-                self._held = await self._pool.acquire()
-            return await getattr(self._held, method)(sql, *args)
-        except _CONNECTION_LOST:
-            lost, self._held = self._held, None
-            if lost is not None:
-                with contextlib.suppress(Exception):
-                    await self._pool.release(lost)  # the pool replaces a broken connection
-            raise
+            held = self._held
+            if held is None or _unusable(held):
+                self._held = held = await self._pool.acquire()
+            try:
+                return await getattr(held, method)(sql, *args)
+            except asyncpg.PostgresError:
+                raise  # the server answered with an error: the connection is fine
+            except BaseException:
+                # Lost, or interrupted mid-statement (a cancelled call): it may be left
+                # looking busy and would fail every later call, so it is retired.
+                self._held = None
+                await _discard(self._pool, held)
+                raise
         finally:
             self._held_busy = False
 
