@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError
 
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError, SerializationError, StorageError
@@ -303,6 +303,39 @@ class RedisDriver:
             await self._store._client.publish(self._channel, b"")
 
 
+class _WaitingPool(aioredis.ConnectionPool):
+    """redis-py's pool, except that a call finding every connection busy waits for one.
+
+    redis-py raises ``MaxConnectionsError`` instead (a burst of concurrent starts hit it),
+    and its ``BlockingConnectionPool`` takes a lock on every call, ~13 us per command here,
+    a tenth of a step. This one costs nothing until the pool is exhausted.
+    """
+
+    connection_wait = 30.0
+    _freed: anyio.Event | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except MaxConnectionsError:
+            pass
+        with anyio.fail_after(self.connection_wait):  # only a call that has to wait pays this
+            while True:
+                if self._freed is None:
+                    self._freed = anyio.Event()
+                await self._freed.wait()
+                try:
+                    return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+                except MaxConnectionsError:
+                    continue
+
+    async def release(self, connection: Any) -> None:
+        await super().release(connection)
+        freed, self._freed = self._freed, None
+        if freed is not None:
+            freed.set()
+
+
 class RedisStore:
     """Owns the connection pool, the alarm index, the worker index and leases.
 
@@ -358,9 +391,8 @@ class RedisStore:
         client_options.setdefault(
             "retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), DEFAULT_RETRIES)
         )
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=connection_wait, **client_options
-        )
+        pool = _WaitingPool.from_url(url, max_connections=max_connections, **client_options)
+        pool.connection_wait = connection_wait
         client = aioredis.Redis(connection_pool=pool)
         try:
             with _map_errors("connect"):
