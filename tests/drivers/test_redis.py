@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 import drivers.redis as redis_driver
+from drivers import _redis_scripts as scripts
 from drivers.redis import RedisStore
 from engine.errors import LeaseLostError, SerializationError, StorageError
 from tests.support.redis_store import open_store
@@ -87,7 +88,7 @@ async def test_batch_and_list_are_one_round_trip_without_keys_or_scan(
     assert log.names == ["EVALSHA"] * 3
     assert [k for k, _ in listed] == [bytes([i]) for i in range(200)]
     # The scripts themselves never enumerate the keyspace either.
-    for source in (redis_driver._WRITE, redis_driver._LIST, redis_driver._CLAIM):
+    for source in (scripts.WRITE, scripts.LIST, scripts.CLAIM):
         assert "'KEYS'" not in source and "SCAN" not in source
 
 
