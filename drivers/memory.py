@@ -298,9 +298,6 @@ class MemoryStore:
     ) -> list[tuple[str, float]]:
         return self._alarms.due(now, limit)
 
-    def workflow_ids(self) -> list[str]:
-        return sorted(wid for wid, ns in self._namespaces.items() if ns.order)
-
     def key_count(self) -> int:
         return sum(len(ns.order) for ns in self._namespaces.values())
 

@@ -14,10 +14,6 @@ from engine.keys import Location
 ROOT: Location = ()
 
 
-def iteration_marker(iteration: int) -> tuple[int]:
-    return (iteration,)
-
-
 class NameRegistry:
     """Names interned to indices; new names are handed to storage to write with the entry."""
 

@@ -28,7 +28,6 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from engine import codec, keys
 from engine.context import WorkflowContext
 from engine.driver import EngineDriver, WakeSource
 from engine.errors import (
@@ -79,11 +78,8 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
     if state == WorkflowState.FAILED and not resume_rollback:
         raise rebuild_error(fields[Field.ERROR])
     if Field.INPUT not in fields:
-        storage.set_field(Field.INPUT, spec.input)
         # The first run sees the input exactly as later runs will: through the codec.
-        encoded_input = storage.pending[keys.field_key(Field.INPUT)]
-        assert encoded_input is not None
-        fields[Field.INPUT] = codec.decode(encoded_input, "input")
+        storage.set_value_field(Field.INPUT, spec.input)
     if not resume_rollback:
         storage.set_field(Field.STATE, WorkflowState.RUNNING.value)
 
@@ -174,17 +170,16 @@ async def _settle(
     wid = spec.workflow_id
     if storage.broken:
         raise _storage_failure(value)
+    if kind == "completed" and resume_rollback:
+        # Replay of a failed workflow got further than the failure: run the remaining
+        # handlers anyway and keep the recorded error.
+        return await _fail(run, spec, rebuild_error(storage.fields[Field.ERROR]), True)
     if kind == "completed":
         try:
-            output = codec.decode(codec.encode(value, f"workflow {wid!r} output"), "output")
+            output = storage.set_value_field(Field.OUTPUT, value)
         except Exception as exc:
             kind, value = "failed", exc
         else:
-            if resume_rollback:
-                # Replay of a failed workflow got further than the failure: run the remaining
-                # handlers anyway and keep the recorded error.
-                return await _fail(run, spec, rebuild_error(storage.fields[Field.ERROR]), True)
-            storage.set_field(Field.OUTPUT, output)
             storage.set_field(Field.STATE, WorkflowState.COMPLETED.value)
             await storage.flush()
             if storage.seen_before or storage.saw_messages or run.scheduler.armed_alarm:

@@ -217,18 +217,18 @@ class Storage:
         self.next_seq += 1
         return seq
 
-    def delete_subtree(self, location: Location, parent: Node, segment: Any) -> None:
+    def delete_subtree(self, parent: Node, segment: Any) -> None:
         """Forget a subtree and queue deletes for every key in it (same batch, so atomic)."""
         node = parent.children.pop(segment, None)
         if node is None:
             return
         if parent._ordered is not None and node.entry is not None:
             parent._ordered.remove(node)
-        for sub_location, sub in _walk(location, node):
+        for _, sub in _walk((), node):
             if sub.entry is not None:
-                self.pending[keys.history_key(sub_location)] = None
+                self.pending[keys.HISTORY_PREFIX + sub.suffix] = None
             if sub.meta is not None:
-                self.pending[keys.metadata_key(sub_location)] = None
+                self.pending[keys.METADATA_PREFIX + sub.suffix] = None
 
     def walk(self) -> Iterator[tuple[Location, Node]]:
         return _walk((), self.root)
@@ -245,8 +245,20 @@ class Storage:
         else:
             self._dirty_fields.add(name)
             self.pending[key] = codec.encode(
-                value, f"workflow {self.workflow_id!r} {name.name.lower()}"
+                value, lambda: f"workflow {self.workflow_id!r} {name.name.lower()}"
             )
+
+    def set_value_field(self, name: Field, value: Any) -> Any:
+        """Queue a user value (input, output) and return it as replay will see it.
+
+        Encoded once: an unserializable value raises here, before anything is queued.
+        """
+        encoded = codec.encode(value, lambda: f"workflow {self.workflow_id!r} {name.name.lower()}")
+        stored = codec.decode(encoded, name.name.lower())
+        self.fields[name] = stored
+        self.pending[keys.field_key(name)] = encoded
+        self._dirty_fields.add(name)
+        return stored
 
     def delete_field(self, name: Field) -> None:
         self.fields.pop(name, None)

@@ -213,7 +213,7 @@ async def run_race(site: Site, fns: dict[str, BranchFn]) -> RaceResult:
     for loser in names:
         if loser != name:
             index = run.storage.names.intern(loser, run.storage.pending)
-            run.storage.delete_subtree((*site.location, index), site.node, index)
+            run.storage.delete_subtree(site.node, index)
     site.record({"b": names, "w": name, "o": encoded})
     await run.storage.flush()
     return RaceResult(name, codec.decode(encoded, f"{run.describe(site.location)} output"))

@@ -166,4 +166,4 @@ def _trim(site: Site, before: int) -> None:
     storage = site.run.storage
     for segment in list(site.node.children):
         if isinstance(segment, tuple) and segment[0] < before:
-            storage.delete_subtree((*site.location, segment), site.node, segment)
+            storage.delete_subtree(site.node, segment)

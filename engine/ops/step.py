@@ -156,15 +156,13 @@ async def run_step(site: Site, fn: Callable[[], Any], options: StepOptions) -> A
             if options.rollback is not None:
                 # Only compensable steps need their completion number: it orders rollback.
                 done["rb"] = True
-                done["s"] = run.storage.next_seq
+                done["s"] = run.storage.take_seq()  # a failed encode wastes one: harmless
             encoded = codec.encode(done, what)
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
             meta = await _record_failure(site, options, attempt, exc)
             continue
-        if options.rollback is not None:
-            run.storage.take_seq()
         # The output returned is the one decoded from the record, exactly what replay returns.
         done = codec.decode(encoded, what)
         run.storage.record_encoded_entry(site.location, site.ctx.scope_node, node, done, encoded)

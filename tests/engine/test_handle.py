@@ -199,3 +199,30 @@ async def test_completion_clears_an_alarm_only_when_one_can_exist(
     assert (await handle.result()).output == ["now"]
     assert counting.calls["clear_alarm"] == 1
     assert other not in {w for w, _ in await store.due_alarms(now=time.time() + 60)}
+
+
+async def test_an_unserializable_input_fails_before_anything_is_written(
+    driver: Any, wid: str
+) -> None:
+    from engine import SerializationError
+
+    async def wf(ctx: WorkflowContext, order: Any) -> None:
+        raise AssertionError("must not run")
+
+    with pytest.raises(SerializationError, match=rf"workflow '{wid}' input cannot be stored.*set"):
+        await run_workflow(wid, wf, {"skus": {1, 2}}, driver).result()
+    assert await driver.list(b"") == []
+
+
+async def test_an_unserializable_output_fails_the_workflow_clearly(driver: Any, wid: str) -> None:
+    from engine import SerializationError
+
+    async def wf(ctx: WorkflowContext, _: None) -> Any:
+        await ctx.step("ok", lambda: 1)
+        return {"when": time}  # a module object
+
+    handle = run_workflow(wid, wf, None, driver)
+    with pytest.raises(SerializationError, match=rf"workflow '{wid}' output cannot be stored"):
+        await handle.result()
+    assert await handle.get_state() == WorkflowState.FAILED
+    assert await handle.get_output() is None
