@@ -19,7 +19,7 @@ import anyio
 
 from engine import codec, keys
 from engine.driver import EngineDriver
-from engine.errors import CorruptedRecordError, StorageError, first
+from engine.errors import CorruptedRecordError, StorageError
 from engine.keys import Field, Location, Prefix
 from engine.location import NameRegistry
 
@@ -86,66 +86,61 @@ class Storage:
 
     # Loading
 
-    async def load(self) -> None:
-        """Read everything with one ``list`` per key prefix."""
+    async def load(self, snapshot: list[tuple[bytes, bytes]] | None = None) -> None:
+        """Read the whole namespace with one ``list`` (or take ``snapshot``, the same rows
+        read by whoever claimed the workflow, e.g. a worker's claim)."""
         try:
-            await self._load()
+            rows = await self._list(b"") if snapshot is None else snapshot
+            self._load(rows)
         except CorruptedRecordError:
             self.broken = True  # never write over a store that could not be read
             raise
 
-    async def _load(self) -> None:
-        # The five lists go out at once: on a networked store that is one round trip of
-        # latency instead of five. They need no common snapshot: while a run is going on
-        # the engine is the only writer of everything but messages, which are read again
-        # before the run yields.
-        listed: dict[Prefix, list[tuple[bytes, bytes]]] = {}
-
-        async def fetch(prefix: Prefix) -> None:
-            listed[prefix] = await self._list(prefix)
-
-        try:
-            async with anyio.create_task_group() as tg:
-                for prefix in (Prefix.NAMES, Prefix.FIELDS, Prefix.HISTORY, Prefix.METADATA):
-                    tg.start_soon(fetch, prefix)
-                tg.start_soon(self.refresh_messages)
-        except BaseExceptionGroup as group:
-            raise first(group) from None
+    def _load(self, rows: list[tuple[bytes, bytes]]) -> None:
+        # One list of everything, split by table here: on a networked store that is one
+        # round trip and one statement. No snapshot across runs is needed: while a run is
+        # going on the engine is the only writer of everything but messages, which are read
+        # again before the run yields.
         record = _RecordNote(self.workflow_id)
         decode = codec.decode
-        for key, raw in listed[Prefix.NAMES]:
+        messages: list[tuple[bytes, bytes]] = []
+        next_seq = 0
+        for key, raw in rows:
             record.key = key
-            self.names.load(keys.parse_name_key(key), decode(raw, record))
-        for key, raw in listed[Prefix.FIELDS]:
-            record.key = key
-            self.fields[keys.parse_field_key(key)] = decode(raw, record)
+            table = _TABLES.get(key[:_PREFIX_LEN])
+            if table is Prefix.HISTORY:
+                entry = decode(raw, record)
+                self._node_for_key(key).entry = entry
+                seq = entry.get("s")
+                if seq is not None and seq >= next_seq:
+                    next_seq = seq + 1
+            elif table is Prefix.METADATA:
+                self._node_for_key(key).meta = decode(raw, record)
+            elif table is Prefix.NAMES:
+                self.names.load(keys.parse_name_key(key), decode(raw, record))
+            elif table is Prefix.FIELDS:
+                self.fields[keys.parse_field_key(key)] = decode(raw, record)
+            elif table is Prefix.MESSAGES:
+                messages.append((key, raw))
+            else:
+                raise CorruptedRecordError(f"{record()}: not a key this engine writes")
+        self.next_seq = next_seq
         self._flushed_fields = dict(self.fields)
         self.seen_before = bool(self.fields)
-        next_seq = 0
-        for key, raw in listed[Prefix.HISTORY]:
-            record.key = key
-            entry = decode(raw, record)
-            self._node_for_key(key).entry = entry
-            seq = entry.get("s")
-            if seq is not None and seq >= next_seq:
-                next_seq = seq + 1
-        self.next_seq = next_seq
-        for key, raw in listed[Prefix.METADATA]:
-            record.key = key
-            self._node_for_key(key).meta = decode(raw, record)
+        self._add_messages(messages)
 
-    async def _list(self, prefix: Prefix) -> list[tuple[bytes, bytes]]:
-        listed: list[tuple[bytes, bytes]] = await self._call(
-            "list", self.driver.list(keys.prefix_key(prefix))
-        )
+    async def _list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        listed: list[tuple[bytes, bytes]] = await self._call("list", self.driver.list(prefix))
         return listed
 
     async def refresh_messages(self) -> bool:
         """Pick up messages written since the last look; True when any arrived."""
-        listed = await self._list(Prefix.MESSAGES)
+        return self._add_messages(await self._list(keys.prefix_key(Prefix.MESSAGES)))
+
+    def _add_messages(self, listed: list[tuple[bytes, bytes]]) -> bool:
         self.saw_messages = self.saw_messages or bool(listed)
-        # Read what is known only after the await: two refreshes may run at once (a local
-        # send and a wake-up), and a message must not be added twice.
+        # Called only after the read: two refreshes may run at once (a local send and a
+        # wake-up), and a message must not be added twice.
         known = {m.key for m in self.messages} | self._consumed
         record = _RecordNote(self.workflow_id)
         arrived = False
@@ -332,6 +327,11 @@ def _walk(location: Location, node: Node) -> Iterator[tuple[Location, Node]]:
     yield location, node
     for segment, child in node.children.items():
         yield from _walk((*location, segment), child)
+
+
+_TABLES = {keys.prefix_key(prefix): prefix for prefix in Prefix}
+_PREFIX_LEN = len(keys.HISTORY_PREFIX)
+assert all(len(key) == _PREFIX_LEN for key in _TABLES)
 
 
 class _RecordNote:

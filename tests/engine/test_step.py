@@ -242,12 +242,12 @@ async def test_one_batch_per_step_and_none_on_a_pure_replay(driver: Any, wid: st
 
     await run_workflow(wid, wf, None, counting).result()
     assert counting.calls["batch"] == 5 + 1  # one per step, one when the run yields
-    # One list per key prefix at load, and one last look for messages before yielding.
-    assert counting.calls["list"] == 5 + 1
+    # One list of the whole namespace at load, one last look for messages before yielding.
+    assert counting.calls["list"] == 1 + 1
     counting.reset()
     result = await run_workflow(wid, wf, None, counting).result()
     assert result.state == WorkflowState.SLEEPING
-    assert counting.writes == 0 and counting.calls["list"] == 5 + 1
+    assert counting.writes == 0 and counting.calls["list"] == 1 + 1
 
 
 async def test_ephemeral_steps_ride_along_with_the_next_flush(driver: Any, wid: str) -> None:
