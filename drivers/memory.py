@@ -10,6 +10,7 @@ import bisect
 import builtins
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -17,7 +18,8 @@ import anyio
 from drivers._inprocess import InProcessLeases, InProcessWakeups
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError
-from engine.store import Lease
+from engine.state import WorkflowState
+from engine.store import Lease, Registration, settled_alarm
 
 
 class _Namespace:
@@ -247,15 +249,29 @@ class MemoryStore:
 
     # Worker support (engine.store.WorkerStore): one process, so claims live in memory.
 
-    async def register_workflow(self, workflow_id: str, name: str, state: str) -> bool:
+    async def create_workflow(
+        self,
+        workflow_id: str,
+        name: str,
+        writes: Sequence[tuple[bytes, bytes]],
+        wake_at: float,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> Registration:
+        for key, value in writes:
+            _check_bytes(key, value)
         if workflow_id in self._index:
-            return False
-        self._index[workflow_id] = (name, state)
-        return True
-
-    async def set_index_state(self, workflow_id: str, state: str) -> None:
-        name, _ = self._index.get(workflow_id, ("", state))
-        self._index[workflow_id] = (name, state)
+            return Registration(False, self._index[workflow_id][0])
+        self._index[workflow_id] = (name, WorkflowState.PENDING.value)
+        namespace = self._namespaces.setdefault(workflow_id, _Namespace())
+        for key, value in writes:
+            namespace.put(bytes(key), bytes(value))
+        if owner is None:
+            self._alarms.set(workflow_id, wake_at)
+            return Registration(True, name)
+        self._alarms.wake_at[workflow_id] = wake_at  # claimed: no wake-up for other workers
+        claim = self._leases.claim(workflow_id, owner, time.time() + lease, wake_at)
+        return Registration(True, name, replace(claim, rows=sorted(writes)))
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
         return self._index.get(workflow_id)
@@ -273,7 +289,10 @@ class MemoryStore:
             if len(claimed) >= limit:
                 break
             if self._leases.free(workflow_id, now):
-                claimed.append(self._leases.claim(workflow_id, owner, now + lease, wake_at))
+                claim = self._leases.claim(workflow_id, owner, now + lease, wake_at)
+                namespace = self._namespaces.get(workflow_id, _Namespace())
+                rows = [(key, namespace.values[key]) for key in namespace.order]
+                claimed.append(replace(claim, rows=rows))
         return claimed
 
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
@@ -285,9 +304,24 @@ class MemoryStore:
     def fenced_driver(self, lease: Lease) -> MemoryDriver:
         return _FencedMemoryDriver(self, lease, **self._driver_kwargs(lease.workflow_id))
 
-    async def settle_alarm(self, workflow_id: str, wake_at: float) -> None:
-        if self._alarms.wake_at.get(workflow_id) == wake_at:
-            del self._alarms.wake_at[workflow_id]
+    async def finish_run(
+        self,
+        lease: Lease,
+        writes: Sequence[tuple[bytes, bytes | None]],
+        state: str,
+        wake_at: float | None,
+    ) -> None:
+        workflow_id = lease.workflow_id
+        await self.fenced_driver(lease).batch(writes)  # checks the lease, then writes
+        name, _ = self._index.get(workflow_id, ("", state))
+        self._index[workflow_id] = (name, state)
+        alarms = self._alarms.wake_at
+        settled = settled_alarm(alarms.get(workflow_id), lease.wake_at, wake_at)
+        if settled is None:
+            alarms.pop(workflow_id, None)
+        elif settled != alarms.get(workflow_id):
+            self._alarms.set(workflow_id, settled)
+        self._leases.release(lease)
 
     async def wait_for_due(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):

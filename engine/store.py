@@ -8,7 +8,8 @@ same atomic operation (so a worker that lost its lease cannot write).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from engine.driver import EngineDriver
@@ -23,6 +24,23 @@ class Lease:
     token: int
     expires_at: float
     wake_at: float | None = None  # the due alarm this claim was made for
+    # The workflow's namespace (``driver.list(b"")``) as read by the claim, so the run
+    # starts without another round trip; None on a renewed lease.
+    rows: list[tuple[bytes, bytes]] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``create_workflow`` found or did.
+
+    ``created`` is False when the id already existed: nothing was written and ``name`` is
+    the name it was registered with. ``lease`` is the claim made with the creation, when
+    one was asked for.
+    """
+
+    created: bool
+    name: str
+    lease: Lease | None = None
 
 
 @runtime_checkable
@@ -38,25 +56,45 @@ class Store(Protocol):
 class WorkerStore(Store, Protocol):
     """A store that workers in several processes can share.
 
-    Contract for implementers (the conformance suite checks it):
+    Contract for implementers (the conformance suite checks it). "Atomically" means one
+    operation that lands entirely or not at all (a Lua script, one SQL statement, one
+    LevelDB write batch):
 
-    - ``register_workflow`` creates the index row only if absent and says whether it did.
+    - ``create_workflow(workflow_id, name, writes, wake_at, owner=None, lease=0.0)``: if the
+      id is absent from the index, atomically add it (``name``, state ``pending``), apply
+      ``writes`` to its namespace and set its alarm to ``wake_at``; with an ``owner``, also
+      claim it for ``lease`` seconds (the returned lease's ``rows`` are the ``writes``, its
+      ``wake_at`` the alarm set) and send no wake-up, since no one else may run it. If the
+      id exists, change nothing and report the registered name.
     - ``claim_due`` atomically claims up to ``limit`` workflows whose alarm is due and whose
-      lease is absent or expired; each claim increments the workflow's token.
+      lease is absent or expired; each claim increments the workflow's token and carries
+      the workflow's namespace in ``rows``, read in the same atomic operation.
     - ``renew`` extends a lease only if its token is still current and unexpired.
     - ``fenced_driver(lease)`` returns a driver for that workflow whose ``set``, ``delete``,
       ``delete_prefix``, ``delete_range`` and ``batch`` apply only if the lease's token is
       current and unexpired, checked in the same atomic operation as the write; otherwise
       they raise ``engine.errors.LeaseLostError`` and write nothing.
-    - ``settle_alarm(workflow_id, wake_at)`` deletes the alarm only if it still holds
-      ``wake_at`` (compare-and-delete): a worker consumes the alarm it claimed, while one
-      set meanwhile (a message, the run's next deadline) survives.
+    - ``finish_run(lease, writes, state, wake_at)``: a run is over. Fenced like a write,
+      and atomically: apply ``writes``, record ``state`` in the index, settle the alarm and
+      release the lease (its token stays used). Settling: if the alarm still holds the
+      claimed ``lease.wake_at``, it becomes ``wake_at`` (deleted when None); an alarm set
+      since the claim (a message, a new deadline) is kept, lowered to ``wake_at`` if that
+      is earlier.
+    - ``release(lease)`` gives a lease up early (the token stays used); a lease that is no
+      longer current is left alone.
     - ``wait_for_due(timeout)`` returns when an alarm may have become due (a pub/sub or
       LISTEN/NOTIFY wake-up where the backend has one) or after ``timeout`` seconds.
     """
 
-    async def register_workflow(self, workflow_id: str, name: str, state: str) -> bool: ...
-    async def set_index_state(self, workflow_id: str, state: str) -> None: ...
+    async def create_workflow(
+        self,
+        workflow_id: str,
+        name: str,
+        writes: Sequence[tuple[bytes, bytes]],
+        wake_at: float,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> Registration: ...
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None: ...
     async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]: ...
     async def claim_due(
@@ -65,5 +103,22 @@ class WorkerStore(Store, Protocol):
     async def renew(self, lease: Lease, duration: float) -> Lease | None: ...
     async def release(self, lease: Lease) -> None: ...
     def fenced_driver(self, lease: Lease) -> EngineDriver: ...
-    async def settle_alarm(self, workflow_id: str, wake_at: float) -> None: ...
+    async def finish_run(
+        self,
+        lease: Lease,
+        writes: Sequence[tuple[bytes, bytes | None]],
+        state: str,
+        wake_at: float | None,
+    ) -> None: ...
     async def wait_for_due(self, timeout: float) -> None: ...
+
+
+def settled_alarm(current: float | None, claimed: float | None, wake_at: float | None) -> float | None:
+    """The alarm a finished run leaves (``finish_run``), for stores that compute it in Python.
+
+    ``current`` is the alarm now, ``claimed`` the one the run was claimed for, ``wake_at``
+    the run's own next wake-up (None: it needs none).
+    """
+    if current is None or current == claimed:
+        return wake_at
+    return current if wake_at is None else min(current, wake_at)

@@ -275,17 +275,57 @@ class WorkerStoreConformance:
     Provide the same ``conformance_store`` fixture as for ``DriverConformance``.
     """
 
-    async def test_register_is_create_if_absent(self, conformance_store: Any) -> None:
-        wid = _wid("register")
-        assert await conformance_store.register_workflow(wid, "order", "pending") is True
-        assert await conformance_store.register_workflow(wid, "other", "running") is False
-        assert await conformance_store.workflow_info(wid) == ("order", "pending")
-        await conformance_store.set_index_state(wid, "completed")
-        assert await conformance_store.workflow_info(wid) == ("order", "completed")
-        assert wid in await conformance_store.list_workflows("completed")
-        assert wid not in await conformance_store.list_workflows("pending")
-        assert wid in await conformance_store.list_workflows()
-        assert await conformance_store.workflow_info(_wid("absent")) is None
+    async def test_create_is_create_if_absent(self, conformance_store: Any) -> None:
+        wid = _wid("create")
+        driver = conformance_store.driver(wid)
+        now = time.time()
+        writes = [(b"b", b"input"), (b"a", b"name")]
+        try:
+            made = await conformance_store.create_workflow(wid, "order", writes, now - 1)
+            assert (made.created, made.name, made.lease) == (True, "order", None)
+            assert await conformance_store.workflow_info(wid) == ("order", "pending")
+            assert await driver.list(b"") == sorted(writes)
+            assert (wid, now - 1) in await conformance_store.due_alarms(now=now)
+            assert wid in await conformance_store.list_workflows("pending")
+            assert wid in await conformance_store.list_workflows()
+            again = await conformance_store.create_workflow(
+                wid, "other", [(b"a", b"changed"), (b"c", b"new")], now + 50
+            )
+            assert (again.created, again.name, again.lease) == (False, "order", None)
+            assert await driver.list(b"") == sorted(writes)
+            assert (wid, now - 1) in await conformance_store.due_alarms(now=now)
+            assert await conformance_store.workflow_info(_wid("absent")) is None
+        finally:
+            await driver.clear_alarm(wid)
+            await driver.delete_prefix(b"")
+
+    async def test_create_with_an_owner_claims_it(self, conformance_store: Any) -> None:
+        wid = _wid("eager")
+        driver = conformance_store.driver(wid)
+        now = time.time()
+        writes = [(b"in", b"1")]
+        try:
+            made = await conformance_store.create_workflow(
+                wid, "order", writes, now, owner="w1", lease=30.0
+            )
+            lease = made.lease
+            assert made.created and lease is not None
+            assert (lease.workflow_id, lease.owner, lease.wake_at) == (wid, "w1", now)
+            assert lease.rows == writes and lease.expires_at > now + 20
+            taken = await conformance_store.claim_due("w2", 30.0, 1000, now=now + 1)
+            assert wid not in {c.workflow_id for c in taken}
+            await conformance_store.fenced_driver(lease).batch([(b"step", b"done")])
+            # The alarm is there for a takeover should the owner die.
+            later = [
+                c
+                for c in await conformance_store.claim_due("w2", 30.0, 1000, now=now + 120)
+                if c.workflow_id == wid
+            ]
+            assert len(later) == 1 and later[0].token > lease.token
+            assert later[0].rows == [(b"in", b"1"), (b"step", b"done")]
+        finally:
+            await driver.clear_alarm(wid)
+            await driver.delete_prefix(b"")
 
     async def test_claims_exclude_each_other_until_expiry(self, conformance_store: Any) -> None:
         from engine.errors import LeaseLostError
@@ -302,6 +342,7 @@ class WorkerStoreConformance:
             ]
             assert len(first) == 1 and first[0].owner == "w1"
             assert first[0].wake_at is not None and abs(first[0].wake_at - (now - 1)) < 1e-3
+            assert first[0].rows == []
             again = await conformance_store.claim_due("w2", 30.0, 1000, now=now)
             assert wid not in {c.workflow_id for c in again}
             fenced = conformance_store.fenced_driver(first[0])
@@ -316,6 +357,7 @@ class WorkerStoreConformance:
                 if c.workflow_id == wid
             ]
             assert len(taken) == 1 and taken[0].token > first[0].token
+            assert taken[0].rows == [(b"k", b"by-w1")]  # the namespace, read with the claim
             with pytest.raises(LeaseLostError):
                 await fenced.batch([(b"k", b"stale"), (b"k2", b"stale")])
             with pytest.raises(LeaseLostError):
@@ -347,18 +389,77 @@ class WorkerStoreConformance:
         finally:
             await driver.clear_alarm(wid)
 
-    async def test_settle_alarm_is_compare_and_delete(self, conformance_store: Any) -> None:
-        wid = _wid("settle")
+    async def _claimed(self, store: Any, wid: str, wake_at: float, owner: str = "w1") -> Any:
+        await store.driver(wid).set_alarm(wid, wake_at)
+        claims = await store.claim_due(owner, 30.0, 1000, now=wake_at + 1)
+        return next(c for c in claims if c.workflow_id == wid)
+
+    async def test_finish_run_writes_indexes_settles_and_releases(
+        self, conformance_store: Any
+    ) -> None:
+        wid = _wid("finish")
         driver = conformance_store.driver(wid)
         now = time.time()
         try:
-            await driver.set_alarm(wid, now - 5)
-            await conformance_store.settle_alarm(wid, now - 4)  # not the alarm it holds: kept
-            assert wid in {w for w, _ in await conformance_store.due_alarms(now=now)}
-            await conformance_store.settle_alarm(wid, now - 5)
+            await conformance_store.create_workflow(wid, "order", [(b"gone", b"x")], now - 5)
+            lease = await self._claimed(conformance_store, wid, now - 5)
+            await conformance_store.finish_run(
+                lease, [(b"out", b"3"), (b"gone", None)], "completed", None
+            )
+            assert await driver.list(b"") == [(b"out", b"3")]
+            assert await conformance_store.workflow_info(wid) == ("order", "completed")
+            assert wid in await conformance_store.list_workflows("completed")
+            assert wid not in await conformance_store.list_workflows("pending")
             assert wid not in {w for w, _ in await conformance_store.due_alarms(now=now + 7200)}
+            # Released: the next claim need not wait for the lease to expire.
+            again = await self._claimed(conformance_store, wid, now - 4, owner="w2")
+            assert again.token > lease.token
+            await conformance_store.finish_run(again, [], "sleeping", now + 100)
+            assert await conformance_store.workflow_info(wid) == ("order", "sleeping")
+            assert (wid, now + 100) in await conformance_store.due_alarms(now=now + 7200)
         finally:
             await driver.clear_alarm(wid)
+            await driver.delete_prefix(b"")
+
+    @pytest.mark.parametrize(
+        ("wake_at", "expected"), [(None, 50.0), (100.0, 50.0), (10.0, 10.0)]
+    )
+    async def test_finish_run_keeps_an_alarm_set_since_the_claim(
+        self, conformance_store: Any, wake_at: float | None, expected: float
+    ) -> None:
+        wid = _wid("keep")
+        driver = conformance_store.driver(wid)
+        now = time.time()
+        try:
+            lease = await self._claimed(conformance_store, wid, now - 5)
+            await driver.set_alarm(wid, now + 50)  # a message arrived during the run
+            await conformance_store.finish_run(
+                lease, [], "sleeping", None if wake_at is None else now + wake_at
+            )
+            assert (wid, now + expected) in await conformance_store.due_alarms(now=now + 7200)
+        finally:
+            await driver.clear_alarm(wid)
+
+    async def test_finish_run_is_fenced(self, conformance_store: Any) -> None:
+        from engine.errors import LeaseLostError
+
+        wid = _wid("stale")
+        driver = conformance_store.driver(wid)
+        now = time.time()
+        try:
+            await conformance_store.create_workflow(wid, "order", [(b"k", b"v")], now - 5)
+            stale = await self._claimed(conformance_store, wid, now - 5)
+            claims = await conformance_store.claim_due("w2", 30.0, 1000, now=now + 120)
+            current = next(c for c in claims if c.workflow_id == wid)
+            with pytest.raises(LeaseLostError):
+                await conformance_store.finish_run(stale, [(b"k", b"stale")], "completed", None)
+            assert await driver.list(b"") == [(b"k", b"v")]
+            assert await conformance_store.workflow_info(wid) == ("order", "pending")
+            assert (wid, now - 5) in await conformance_store.due_alarms(now=now)
+            assert await conformance_store.renew(current, 30.0) is not None  # still held
+        finally:
+            await driver.clear_alarm(wid)
+            await driver.delete_prefix(b"")
 
     async def test_wait_for_due_returns(self, conformance_store: Any) -> None:
         started = time.monotonic()
