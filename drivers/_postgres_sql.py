@@ -1,8 +1,9 @@
 """The SQL of the Postgres driver: the schema, and one parameterized statement per operation.
 
 ``{s}`` is the quoted schema name (validated by the driver), ``{guard}`` the lease check of
-a write (a constant row when unfenced, the locked lease row when fenced). Every value is a
-parameter: no statement is ever built from data.
+a write (a constant row when unfenced, the locked lease row when fenced); ``finish_run``,
+fenced only, embeds the fenced guard itself. Every value is a parameter: no statement is
+ever built from data.
 """
 
 DDL = """
@@ -20,6 +21,39 @@ CREATE TABLE IF NOT EXISTS {s}.leases (
 CREATE TABLE IF NOT EXISTS {s}.workflows (
     workflow_id text COLLATE "C" PRIMARY KEY, name text NOT NULL, state text NOT NULL);
 CREATE INDEX IF NOT EXISTS workflows_state ON {s}.workflows (state, workflow_id);
+CREATE OR REPLACE FUNCTION {s}.claim_due(
+    p_now float8, p_limit integer, p_owner text, p_expires float8)
+RETURNS TABLE (claimed_id text, claimed_token bigint, claimed_wake float8,
+    ns_keys bytea[], ns_vals bytea[])
+LANGUAGE plpgsql AS $fn$
+DECLARE ids text[]; tokens bigint[]; wakes float8[];
+BEGIN
+    -- SKIP LOCKED lets workers claim side by side; the ON CONFLICT condition re-checks
+    -- expiry on the latest row version, so a lease taken meanwhile is never stolen.
+    WITH due AS (
+        SELECT a.workflow_id, a.wake_at FROM {s}.alarms a
+        LEFT JOIN {s}.leases l ON l.workflow_id = a.workflow_id
+        WHERE a.wake_at <= p_now AND (l.workflow_id IS NULL OR l.expires_at <= p_now)
+        ORDER BY a.wake_at LIMIT p_limit FOR UPDATE OF a SKIP LOCKED),
+    claimed AS (INSERT INTO {s}.leases AS l (workflow_id, owner, token, expires_at)
+        SELECT due.workflow_id, p_owner, 1, p_expires FROM due
+        ON CONFLICT (workflow_id) DO UPDATE
+            SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
+            WHERE l.expires_at <= p_now
+        RETURNING l.workflow_id, l.token)
+    SELECT array_agg(c.workflow_id ORDER BY d.wake_at), array_agg(c.token ORDER BY d.wake_at),
+        array_agg(d.wake_at ORDER BY d.wake_at)
+    INTO ids, tokens, wakes FROM claimed c JOIN due d ON d.workflow_id = c.workflow_id;
+    -- A second statement takes a fresh snapshot: it sees a write by the previous holder
+    -- that committed while the claim above waited for that lease row's lock.
+    RETURN QUERY SELECT u.id, u.token, u.wake, ns.keys, ns.vals
+    FROM unnest(ids, tokens, wakes) WITH ORDINALITY AS u(id, token, wake, ord)
+    CROSS JOIN LATERAL (SELECT array_agg(kv.key ORDER BY kv.key) AS keys,
+        array_agg(kv.value ORDER BY kv.key) AS vals
+        FROM {s}.kv WHERE kv.workflow_id = u.id) ns
+    ORDER BY u.ord;
+END
+$fn$;
 """
 
 # Every kv write runs behind a ``guard`` CTE ($1 workflow id, $2 token, $3 now) that has one
@@ -60,6 +94,20 @@ SELECT count(*) FROM guard""",
     WHERE workflow_id = $1 AND key >= $4 AND $5::bytea IS NULL AND EXISTS (SELECT FROM guard))
 SELECT count(*) FROM guard""",
 }
+# Creation inserts the index row and, only if it was new, the namespace and the alarm.
+# Columns: created, the registered name (NULL when another creator committed after this
+# statement's snapshot: ON CONFLICT sees that row, a SELECT here cannot) and a lease token.
+_CREATE = """WITH ins AS (INSERT INTO {s}.workflows VALUES ($1, $2, 'pending')
+    ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id),
+kv AS (INSERT INTO {s}.kv (workflow_id, key, value)
+    SELECT workflow_id, k, v FROM ins, unnest($3::bytea[], $4::bytea[]) AS t(k, v)
+    ON CONFLICT (workflow_id, key) DO UPDATE SET value = EXCLUDED.value),
+alarm AS (INSERT INTO {s}.alarms SELECT workflow_id, $5 FROM ins
+    ON CONFLICT (workflow_id) DO UPDATE SET wake_at = EXCLUDED.wake_at)"""
+_CREATED = """
+SELECT EXISTS (SELECT FROM ins),
+    coalesce((SELECT $2::text FROM ins), (SELECT name FROM {s}.workflows WHERE workflow_id = $1)),
+"""
 STATEMENTS = {
     # The most frequent write of all (an unfenced flush that deletes nothing) without the
     # guard CTE, which for an unfenced driver is a constant row.
@@ -76,34 +124,58 @@ STATEMENTS = {
     "clear_alarm": "DELETE FROM {s}.alarms WHERE workflow_id = $1",
     "due_alarms": "SELECT workflow_id, wake_at FROM {s}.alarms WHERE wake_at <= $1"
     " ORDER BY wake_at, workflow_id LIMIT $2",
-    "register_workflow": "INSERT INTO {s}.workflows VALUES ($1, $2, $3)"
-    " ON CONFLICT (workflow_id) DO NOTHING RETURNING true",
-    "set_index_state": "INSERT INTO {s}.workflows VALUES ($1, '', $2)"
-    " ON CONFLICT (workflow_id) DO UPDATE SET state = EXCLUDED.state",
     "workflow_info": "SELECT name, state FROM {s}.workflows WHERE workflow_id = $1",
     "list_workflows": "SELECT workflow_id FROM {s}.workflows"
     " WHERE $1::text IS NULL OR state = $1 ORDER BY workflow_id LIMIT $2",
-    # SKIP LOCKED lets workers claim side by side; the ON CONFLICT condition re-checks expiry
-    # on the latest row version, so a lease taken meanwhile by another worker is never stolen.
-    "claim_due": """WITH due AS (
-    SELECT a.workflow_id, a.wake_at FROM {s}.alarms a
-    LEFT JOIN {s}.leases l ON l.workflow_id = a.workflow_id
-    WHERE a.wake_at <= $1 AND (l.workflow_id IS NULL OR l.expires_at <= $1)
-    ORDER BY a.wake_at LIMIT $2 FOR UPDATE OF a SKIP LOCKED),
-claimed AS (INSERT INTO {s}.leases AS l (workflow_id, owner, token, expires_at)
-    SELECT workflow_id, $3, 1, $4 FROM due
-    ON CONFLICT (workflow_id) DO UPDATE
-        SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
-        WHERE l.expires_at <= $1
-    RETURNING workflow_id, token)
-SELECT workflow_id, token, wake_at FROM claimed JOIN due USING (workflow_id)
-ORDER BY wake_at""",
+    # The claim runs in a function (schema above) because it needs two statements, and so
+    # two snapshots, in one round trip. Each claim carries its namespace (keys and values
+    # in key order, NULL when empty), so the run needs no other round trip to start.
+    "claim_due": "SELECT * FROM {s}.claim_due($1, $2, $3, $4)",
     "renew": "UPDATE {s}.leases SET expires_at = $4"
     " WHERE workflow_id = $1 AND token = $2 AND expires_at > $3 RETURNING true",
     # Expire rather than delete: the row keeps the token, so tokens never repeat.
     "release": "UPDATE {s}.leases SET expires_at = '-infinity' WHERE workflow_id = $1"
     " AND token = $2",
-    # Compare-and-delete: an alarm set since the claim (new message, next deadline) survives.
-    "settle_alarm": "DELETE FROM {s}.alarms WHERE workflow_id = $1 AND wake_at = $2",
     "notify": "SELECT pg_notify($1, $2)",
+    # $1 id, $2 name, $3 and $4 keys and values (each key once), $5 wake_at, $6 the alarm
+    # channel: idle workers wake for the new alarm.
+    "create_workflow": _CREATE + _CREATED + "    NULL::bigint, (SELECT pg_notify($6, $1) FROM ins)",
+    # The same claimed for $6 (owner) until $7, without a wake-up: no one else may run it.
+    # A lease row can only predate the index row if an alarm was set by hand; it is taken.
+    "create_workflow claimed": _CREATE
+    + """,
+claim AS (INSERT INTO {s}.leases AS l (workflow_id, owner, token, expires_at)
+    SELECT workflow_id, $6, 1, $7 FROM ins
+    ON CONFLICT (workflow_id) DO UPDATE
+        SET owner = EXCLUDED.owner, token = l.token + 1, expires_at = EXCLUDED.expires_at
+    RETURNING token)"""
+    + _CREATED
+    + "    (SELECT token FROM claim)",
+    # The end of a run, fenced like a kv write ($1 id, $2 token, $3 now): the batch ($4, $5
+    # upserts, $6 deletes, each key once), the index state $7, the alarm settled from the
+    # claimed $8 to the run's $9 (engine.store.settled_alarm) and the lease released. The
+    # alarm conditions sit in ON CONFLICT and WHERE, which Postgres re-checks on the latest
+    # row version, so an alarm set by a message meanwhile is never lost. An alarm set due
+    # wakes idle workers ($10 the alarm channel).
+    "finish_run": "WITH "
+    + GUARDS[" fenced"]
+    + """,
+up AS (INSERT INTO {s}.kv (workflow_id, key, value)
+    SELECT $1, k, v FROM unnest($4::bytea[], $5::bytea[]) AS t(k, v)
+    WHERE EXISTS (SELECT FROM guard)
+    ON CONFLICT (workflow_id, key) DO UPDATE SET value = EXCLUDED.value),
+del AS (DELETE FROM {s}.kv WHERE workflow_id = $1 AND key = ANY($6::bytea[])
+    AND EXISTS (SELECT FROM guard)),
+idx AS (INSERT INTO {s}.workflows SELECT $1, '', $7 FROM guard
+    ON CONFLICT (workflow_id) DO UPDATE SET state = EXCLUDED.state),
+alarm AS (INSERT INTO {s}.alarms AS a SELECT $1, $9::float8 FROM guard WHERE $9 IS NOT NULL
+    ON CONFLICT (workflow_id) DO UPDATE SET wake_at = EXCLUDED.wake_at
+        WHERE a.wake_at = $8::float8 OR a.wake_at > EXCLUDED.wake_at
+    RETURNING wake_at),
+unalarm AS (DELETE FROM {s}.alarms WHERE workflow_id = $1 AND wake_at = $8 AND $9 IS NULL
+    AND EXISTS (SELECT FROM guard)),
+rel AS (UPDATE {s}.leases SET expires_at = '-infinity' WHERE workflow_id = $1 AND token = $2
+    AND EXISTS (SELECT FROM guard))
+SELECT (SELECT count(*) FROM guard),
+    (SELECT pg_notify($10, $1) FROM alarm WHERE wake_at <= $3)""",
 }

@@ -1,7 +1,9 @@
 """The Lua scripts of the Redis driver, one per atomic operation (see drivers/redis.py).
 
 Each runs in one round trip and either applies completely or not at all; a fenced write
-checks the lease in the same script as the write itself.
+checks the lease in the same script as the write itself. Wake times travel as the strings
+Python's ``repr`` and Redis print, never as Lua numbers (a Lua number reply truncates to an
+integer, and Lua prints 14 digits), so a float round-trips exactly.
 """
 
 LEASE_CHECK = """
@@ -12,50 +14,71 @@ local function lease_lost(lease, token, now)
 end
 """
 
-# KEYS: kv, ix, lease. ARGV: token ('' = unfenced), now, then (op, a, b) triples:
-# S key value | D key - | R min max (ZRANGEBYLEX bounds). Chunks of 1000: unpack() has a
-# stack limit.
-WRITE = (
-    LEASE_CHECK
-    + """
-if ARGV[1] ~= '' and lease_lost(KEYS[3], ARGV[1], ARGV[2]) then return 0 end
-for i = 3, #ARGV, 3 do
-  local op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if op == 'S' then
-    redis.call('HSET', KEYS[1], a, b)
-    redis.call('ZADD', KEYS[2], 0, a)
-  elseif op == 'D' then
-    redis.call('HDEL', KEYS[1], a)
-    redis.call('ZREM', KEYS[2], a)
-  else
-    while true do
-      local doomed = redis.call('ZRANGEBYLEX', KEYS[2], a, b, 'LIMIT', 0, 1000)
-      if #doomed == 0 then break end
-      redis.call('HDEL', KEYS[1], unpack(doomed))
-      redis.call('ZREM', KEYS[2], unpack(doomed))
+# apply(kv, ix, first): ARGV from ``first`` on holds (op, a, b) triples: S key value |
+# D key - | R min max (ZRANGEBYLEX bounds). Chunks of 1000: unpack() has a stack limit.
+APPLY = """
+local function apply(kv, ix, first)
+  for i = first, #ARGV, 3 do
+    local op, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if op == 'S' then
+      redis.call('HSET', kv, a, b)
+      redis.call('ZADD', ix, 0, a)
+    elseif op == 'D' then
+      redis.call('HDEL', kv, a)
+      redis.call('ZREM', ix, a)
+    else
+      while true do
+        local doomed = redis.call('ZRANGEBYLEX', ix, a, b, 'LIMIT', 0, 1000)
+        if #doomed == 0 then break end
+        redis.call('HDEL', kv, unpack(doomed))
+        redis.call('ZREM', ix, unpack(doomed))
+      end
     end
   end
 end
+"""
+
+# rows(kv, ix, min, max): key1, value1, key2, value2, ... in byte order.
+ROWS = """
+local function rows(kv, ix, min, max)
+  local keys = redis.call('ZRANGEBYLEX', ix, min, max)
+  local out = {}
+  for i = 1, #keys, 1000 do
+    local chunk = {unpack(keys, i, math.min(i + 999, #keys))}
+    local values = redis.call('HMGET', kv, unpack(chunk))
+    for j = 1, #chunk do
+      if values[j] then out[#out + 1] = chunk[j]; out[#out + 1] = values[j] end
+    end
+  end
+  return out
+end
+"""
+
+# KEYS: kv, ix, lease. ARGV: token ('' = unfenced), now, then the ops of apply().
+WRITE = (
+    LEASE_CHECK
+    + APPLY
+    + """
+if ARGV[1] ~= '' and lease_lost(KEYS[3], ARGV[1], ARGV[2]) then return 0 end
+apply(KEYS[1], KEYS[2], 3)
 return 1
 """
 )
 
 # KEYS: kv, ix. ARGV: min, max. Returns key1, value1, key2, value2, ... in byte order.
-LIST = """
-local keys = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2])
-local out = {}
-for i = 1, #keys, 1000 do
-  local chunk = {unpack(keys, i, math.min(i + 999, #keys))}
-  local values = redis.call('HMGET', KEYS[1], unpack(chunk))
-  for j = 1, #chunk do
-    if values[j] then out[#out + 1] = chunk[j]; out[#out + 1] = values[j] end
-  end
-end
-return out
+LIST = (
+    ROWS
+    + """
+return rows(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 """
+)
 
-# KEYS: alarms. ARGV: now, expires, limit, owner, lease key head, lease key tail.
-CLAIM = """
+# KEYS: alarms. ARGV: now, expires, limit, owner, workflow key head ('N:w:{#'), its tail
+# ('}'). Returns (id, token, wake time, {key1, value1, ...}) per claim, the rows being the
+# claimed namespace as list() gives it.
+CLAIM = (
+    ROWS
+    + """
 local function hex(s)
   return (s:gsub('.', function(c) return string.format('%02x', string.byte(c)) end))
 end
@@ -68,27 +91,79 @@ while claimed < limit do
   offset = offset + #due / 2
   for i = 1, #due, 2 do
     local id = due[i]
-    local lease = ARGV[5] .. hex(id) .. ARGV[6]
+    local head = ARGV[5] .. hex(id) .. ARGV[6]
+    local lease = head .. ':lease'
     local exp = redis.call('HGET', lease, 'exp')
     if claimed < limit and ((not exp) or tonumber(exp) <= now) then
       local token = redis.call('HINCRBY', lease, 'token', 1)
       redis.call('HSET', lease, 'owner', ARGV[4], 'exp', ARGV[2])
-      out[#out + 1] = id; out[#out + 1] = token; out[#out + 1] = due[i + 1]
+      out[#out + 1] = {id, token, due[i + 1], rows(head .. ':kv', head .. ':ix', '-', '+')}
       claimed = claimed + 1
     end
   end
 end
 return out
 """
+)
 
-# KEYS: alarms. ARGV: workflow id, the wake time the claim saw.
-SETTLE = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then
-  redis.call('ZREM', KEYS[1], ARGV[1])
+# KEYS: kv, ix, lease, alarms, info, all, state set. ARGV: id, name, state, wake time,
+# owner ('' = none), lease expiry, due channel, then key, value pairs. Returns {0, name}
+# when the id exists, else {1, token} (token 0 without an owner).
+CREATE = """
+if redis.call('HSETNX', KEYS[5], 'n' .. ARGV[1], ARGV[2]) == 0 then
+  return {0, redis.call('HGET', KEYS[5], 'n' .. ARGV[1])}
 end
-return 0
+redis.call('HSET', KEYS[5], 's' .. ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[6], 0, ARGV[1])
+redis.call('ZADD', KEYS[7], 0, ARGV[1])
+for i = 8, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], 0, ARGV[i])
+end
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+if ARGV[5] == '' then
+  redis.call('PUBLISH', ARGV[7], '')
+  return {1, 0}
+end
+-- Claimed with its creation: no wake-up, since no other worker may run it.
+local token = redis.call('HINCRBY', KEYS[3], 'token', 1)
+redis.call('HSET', KEYS[3], 'owner', ARGV[5], 'exp', ARGV[6])
+return {1, token}
 """
+
+# KEYS: kv, ix, lease, alarms, info, all, state set. ARGV: token, now, id, state, state key
+# head, claimed wake time ('' = none), next wake time ('' = none), due channel, then the
+# ops of apply(). Settles the alarm as engine.store.settled_alarm does.
+FINISH = (
+    LEASE_CHECK
+    + APPLY
+    + """
+if lease_lost(KEYS[3], ARGV[1], ARGV[2]) then return 0 end
+apply(KEYS[1], KEYS[2], 9)
+local id = ARGV[3]
+redis.call('HSETNX', KEYS[5], 'n' .. id, '')
+local old = redis.call('HGET', KEYS[5], 's' .. id)
+if old then redis.call('ZREM', ARGV[5] .. old, id) end
+redis.call('HSET', KEYS[5], 's' .. id, ARGV[4])
+redis.call('ZADD', KEYS[6], 0, id)
+redis.call('ZADD', KEYS[7], 0, id)
+local current, claimed, wake = redis.call('ZSCORE', KEYS[4], id), ARGV[6], ARGV[7]
+local settled = current
+if (not current) or (claimed ~= '' and tonumber(current) == tonumber(claimed)) then
+  settled = wake
+elseif wake ~= '' and tonumber(wake) < tonumber(current) then
+  settled = wake
+end
+if settled == '' then
+  redis.call('ZREM', KEYS[4], id)
+elseif (not current) or tonumber(settled) ~= tonumber(current) then
+  redis.call('ZADD', KEYS[4], settled, id)
+  redis.call('PUBLISH', ARGV[8], '')
+end
+redis.call('HDEL', KEYS[3], 'owner', 'exp')
+return 1
+"""
+)
 
 # KEYS: lease. ARGV: token, now, new expiry ('' releases).
 RENEW = (
@@ -105,15 +180,3 @@ redis.call('HSET', KEYS[1], 'exp', ARGV[3])
 return 1
 """
 )
-
-# KEYS: info, all, state set. ARGV: id, name ('' = keep), state, state key head, create-only.
-INDEX = """
-local named = redis.call('HSETNX', KEYS[1], 'n' .. ARGV[1], ARGV[2])
-if named == 0 and ARGV[5] == '1' then return 0 end
-local old = redis.call('HGET', KEYS[1], 's' .. ARGV[1])
-if old then redis.call('ZREM', ARGV[4] .. old, ARGV[1]) end
-redis.call('HSET', KEYS[1], 's' .. ARGV[1], ARGV[3])
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-return 1
-"""

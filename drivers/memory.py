@@ -271,7 +271,7 @@ class MemoryStore:
             return Registration(True, name)
         self._alarms.wake_at[workflow_id] = wake_at  # claimed: no wake-up for other workers
         claim = self._leases.claim(workflow_id, owner, time.time() + lease, wake_at)
-        return Registration(True, name, replace(claim, rows=sorted(writes)))
+        return Registration(True, name, replace(claim, rows=sorted(dict(writes).items())))
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
         return self._index.get(workflow_id)

@@ -15,12 +15,16 @@ leases            workflow_id -> owner, token, expires_at (token only ever grows
 workflows         workflow_id -> registered name, state (indexed by state)
 ================  ===============================================================
 
-Each write is one statement, so one round trip and one implicit transaction. Fenced writes
-(``PostgresStore.fenced_driver``) lock the lease row ``FOR SHARE`` in a CTE of that same
-statement and gate every modification on it, so a stale worker writes nothing. Wake-ups use
-LISTEN/NOTIFY on one dedicated connection per store: ``<schema>.messages`` (payload: the
-workflow id) for live runs and ``<schema>.alarms`` for idle workers. Lease expiry is judged
-on client clocks (``time.time()``), like the other stores.
+Each write is one statement, so one round trip and one implicit transaction, and so are the
+worker protocol's compound acts: ``create_workflow`` (the index row, and only if it is new the
+namespace, the alarm and an eager start's lease), a claim (which reads the claimed namespaces
+too) and ``finish_run`` (a run's last writes, its index state, the settled alarm and the
+released lease). Fenced writes (``PostgresStore.fenced_driver``, ``finish_run``) lock the
+lease row ``FOR SHARE`` in a CTE of that same statement and gate every modification on it,
+so a stale worker writes nothing. Wake-ups use LISTEN/NOTIFY on one dedicated connection per
+store: ``<schema>.messages`` (payload: the workflow id) for live runs and ``<schema>.alarms``
+for idle workers. Lease expiry is judged on client clocks (``time.time()``), like the other
+stores.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from drivers import _postgres_sql as queries
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError, SerializationError, StorageError
 from engine.keys import prefix_end
-from engine.store import Lease
+from engine.store import Lease, Registration
 
 STORE = "postgres store"
 SCHEMA_VERSION = 1
@@ -339,15 +343,40 @@ class PostgresStore:
 
     # Worker support (engine.store.WorkerStore).
 
-    async def register_workflow(self, workflow_id: str, name: str, state: str) -> bool:
+    async def create_workflow(
+        self,
+        workflow_id: str,
+        name: str,
+        writes: Sequence[tuple[bytes, bytes]],
+        wake_at: float,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> Registration:
+        for key, value in writes:
+            _check_write(key, value)
+            if value is None:
+                raise TypeError(f"create_workflow writes set values, got None for {key!r}")
+        rows = dict(sorted({bytes(key): bytes(value) for key, value in writes}.items()))
+        expires_at = time.time() + lease
+        args: list[Any] = [workflow_id, name, list(rows), list(rows.values()), wake_at]
+        args += [self._alarm_channel] if owner is None else [owner, expires_at]
         # Not retried: a second attempt after a lost reply would answer "already there".
-        inserted = await self._query(
-            "register_workflow", "fetchval", workflow_id, name, state, idempotent=False
+        created, registered, token, *_ = await self._query(
+            "create_workflow",
+            "fetchrow",
+            *args,
+            statement="create_workflow" if owner is None else "create_workflow claimed",
+            idempotent=False,
         )
-        return bool(inserted)
-
-    async def set_index_state(self, workflow_id: str, state: str) -> None:
-        await self._query("set_index_state", "execute", workflow_id, state)
+        if registered is None:  # a creator this statement's snapshot could not see won
+            info = await self.workflow_info(workflow_id)
+            if info is None:
+                raise StorageError(STORE, f"create_workflow of {workflow_id!r}: lost its row")
+            registered = info[0]
+        if not created or owner is None:
+            return Registration(bool(created), registered)
+        claim = Lease(workflow_id, owner, token, expires_at, wake_at, list(rows.items()))
+        return Registration(True, registered, claim)
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
         row = await self._query("workflow_info", "fetchrow", workflow_id)
@@ -366,7 +395,11 @@ class PostgresStore:
         rows = await self._query(
             "claim_due", "fetch", now, limit, owner, now + lease, idempotent=False
         )
-        return [Lease(row[0], owner, row[1], now + lease, row[2]) for row in rows]
+        claims = []
+        for wid, token, wake_at, keys, values in rows:  # no kv rows: both arrays are NULL
+            namespace = list(zip(keys or (), values or (), strict=True))
+            claims.append(Lease(wid, owner, token, now + lease, wake_at, namespace))
+        return claims
 
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
         now = time.time()
@@ -383,8 +416,37 @@ class PostgresStore:
     def fenced_driver(self, lease: Lease) -> PostgresDriver:
         return PostgresDriver(self, lease.workflow_id, lease)
 
-    async def settle_alarm(self, workflow_id: str, wake_at: float) -> None:
-        await self._query("settle_alarm", "execute", workflow_id, wake_at)
+    async def finish_run(
+        self,
+        lease: Lease,
+        writes: Sequence[tuple[bytes, bytes | None]],
+        state: str,
+        wake_at: float | None,
+    ) -> None:
+        for key, value in writes:
+            _check_write(key, value)
+        latest = {bytes(key): value for key, value in writes}  # the last write of a key wins
+        upserts = {key: bytes(value) for key, value in latest.items() if value is not None}
+        deletes = [key for key, value in latest.items() if value is None]
+        wid = lease.workflow_id
+        # Not retried: after a first attempt that landed, the released lease fails the fence.
+        allowed = await self._query(
+            "finish_run",
+            "fetchval",
+            wid,
+            lease.token,
+            time.time(),
+            list(upserts),
+            list(upserts.values()),
+            deletes,
+            state,
+            lease.wake_at,
+            wake_at,
+            self._alarm_channel,
+            idempotent=False,
+        )
+        if not allowed:
+            raise LeaseLostError(STORE, f"finish_run of workflow {wid!r}")
 
     async def wait_for_due(self, timeout: float) -> None:
         await self._ensure_listener()

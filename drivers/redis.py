@@ -18,8 +18,10 @@ Channels: ``N:msg:W`` (a message was written for W) and ``N:due`` (an alarm was 
 
 Every write of a driver is one Lua script (EVALSHA, reloaded on NOSCRIPT) that checks the
 lease when the driver is fenced, then updates the hash and the index together, so a batch is
-atomic and costs one round trip. ``claim_due`` derives lease keys from alarm members inside
-its script, so it needs a single Redis primary (not a cluster).
+atomic and costs one round trip. ``create_workflow`` and ``finish_run`` are one script each
+too, touching a workflow's keys and the store's together. ``claim_due`` derives each claimed
+workflow's keys (lease, kv, ix) from alarm members inside its script, and ``finish_run``
+derives the previous state's set, so the store needs a single Redis primary (not a cluster).
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from redis.exceptions import MaxConnectionsError, RedisError
 from drivers import _redis_scripts as scripts
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError, SerializationError, StorageError
-from engine.store import Lease
+from engine.state import WorkflowState
+from engine.store import Lease, Registration
 
 STORE = "redis store"
 # Redis caps a bulk string (and so a hash value or zset member) at 512 MiB by default
@@ -83,6 +86,15 @@ def _check_sizes(writes: Sequence[tuple[object, object]]) -> None:
         )
 
 
+def _ops(writes: Sequence[tuple[bytes, bytes | None]]) -> list[bytes | str]:
+    """The script ops of a batch; later writes of a key win, so each key is applied once."""
+    last = {bytes(k): None if v is None else bytes(v) for k, v in writes}
+    ops: list[bytes | str] = []
+    for key, value in last.items():
+        ops += ["D", key, ""] if value is None else ["S", key, value]
+    return ops
+
+
 def _prefix_bounds(prefix: bytes) -> tuple[bytes, bytes]:
     """ZRANGEBYLEX bounds of every key starting with ``prefix`` (0xff tails included)."""
     stripped = prefix.rstrip(b"\xff")
@@ -122,8 +134,7 @@ class RedisDriver:
         self._store = store
         self._workflow_id = workflow_id
         self._lease = lease
-        head = store._workflow_head(workflow_id)
-        self._keys = [head + ":kv", head + ":ix", head + ":lease"]
+        self._keys = store._workflow_keys(workflow_id)
         self._channel = f"{store.namespace}:msg:{workflow_id.encode().hex()}"
 
     async def _write(self, operation: str, ops: list[bytes | str]) -> None:
@@ -163,14 +174,8 @@ class RedisDriver:
 
     async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
         _check_sizes(writes)
-        # Later writes of a key win, so the script applies each key once.
-        last = {bytes(k): None if v is None else bytes(v) for k, v in writes}
-        if not last:
-            return
-        ops: list[bytes | str] = []
-        for key, value in last.items():
-            ops += ["D", key, ""] if value is None else ["S", key, value]
-        await self._write("batch", ops)
+        if ops := _ops(writes):
+            await self._write("batch", ops)
 
     async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
         await self._store._set_alarm(workflow_id, wake_at)
@@ -251,8 +256,8 @@ class RedisStore:
                 "list": scripts.LIST,
                 "claim": scripts.CLAIM,
                 "renew": scripts.RENEW,
-                "index": scripts.INDEX,
-                "settle": scripts.SETTLE,
+                "create": scripts.CREATE,
+                "finish": scripts.FINISH,
             }.items()
         }
 
@@ -291,6 +296,11 @@ class RedisStore:
 
     def _workflow_head(self, workflow_id: str) -> str:
         return f"{self.namespace}:w:{{#{workflow_id.encode().hex()}}}"
+
+    def _workflow_keys(self, workflow_id: str) -> list[str]:
+        """The kv, ix and lease keys of one workflow, in the order the scripts take them."""
+        head = self._workflow_head(workflow_id)
+        return [head + ":kv", head + ":ix", head + ":lease"]
 
     def driver(self, workflow_id: str) -> RedisDriver:
         return RedisDriver(self, workflow_id)
@@ -338,17 +348,42 @@ class RedisStore:
 
     # Worker support (engine.store.WorkerStore).
 
-    async def _index(self, workflow_id: str, name: str, state: str, create_only: bool) -> bool:
-        keys = [self._info, self._all, self._state_head + state]
-        args = [workflow_id, name, state, self._state_head, "1" if create_only else "0"]
-        with _map_errors("register_workflow" if create_only else "set_index_state"):
-            return bool(await self._scripts["index"](keys=keys, args=args))
-
-    async def register_workflow(self, workflow_id: str, name: str, state: str) -> bool:
-        return await self._index(workflow_id, name, state, create_only=True)
-
-    async def set_index_state(self, workflow_id: str, state: str) -> None:
-        await self._index(workflow_id, "", state, create_only=False)
+    async def create_workflow(
+        self,
+        workflow_id: str,
+        name: str,
+        writes: Sequence[tuple[bytes, bytes]],
+        wake_at: float,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> Registration:
+        _check_sizes(writes)
+        if any(value is None for _, value in writes):
+            raise TypeError("create_workflow writes are (key, value) bytes, not deletes")
+        rows = {bytes(k): bytes(v) for k, v in writes}  # later writes of a key win
+        state = WorkflowState.PENDING.value
+        keys = [*self._workflow_keys(workflow_id), self._alarms, self._info, self._all]
+        keys.append(self._state_head + state)
+        expires = time.time() + lease
+        args: list[bytes | str] = [
+            workflow_id,
+            name,
+            state,
+            repr(wake_at),
+            owner or "",
+            repr(expires),
+            self._due_channel,
+        ]
+        for key, value in rows.items():
+            args += [key, value]
+        with _map_errors("create_workflow"):
+            created, found = await self._scripts["create"](keys=keys, args=args)
+        if not created:
+            return Registration(False, found.decode())
+        if owner is None:
+            return Registration(True, name)
+        claim = Lease(workflow_id, owner, int(found), expires, wake_at, sorted(rows.items()))
+        return Registration(True, name, claim)
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
         with _map_errors("workflow_info"):
@@ -371,13 +406,20 @@ class RedisStore:
     ) -> list[Lease]:
         now = time.time() if now is None else now
         expires = now + lease
-        head, tail = f"{self.namespace}:w:{{#", "}:lease"
+        head, tail = f"{self.namespace}:w:{{#", "}"
         args: list[str | int] = [repr(now), repr(expires), limit, owner, head, tail]
         with _map_errors("claim_due"):
-            flat = await self._scripts["claim"](keys=[self._alarms], args=args)
+            claims = await self._scripts["claim"](keys=[self._alarms], args=args)
         return [
-            Lease(wid.decode(), owner, int(token), expires, float(score))
-            for wid, token, score in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+            Lease(
+                wid.decode(),
+                owner,
+                int(token),
+                expires,
+                float(score),  # Redis prints scores with 17 digits: the float comes back exact
+                list(zip(flat[::2], flat[1::2], strict=True)),
+            )
+            for wid, token, score, flat in claims
         ]
 
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
@@ -395,9 +437,33 @@ class RedisStore:
         with _map_errors("release"):
             await self._scripts["renew"](keys=[key], args=[str(lease.token), "0", ""])
 
-    async def settle_alarm(self, workflow_id: str, wake_at: float) -> None:
-        with _map_errors("settle_alarm"):
-            await self._scripts["settle"](keys=[self._alarms], args=[workflow_id, repr(wake_at)])
+    async def finish_run(
+        self,
+        lease: Lease,
+        writes: Sequence[tuple[bytes, bytes | None]],
+        state: str,
+        wake_at: float | None,
+    ) -> None:
+        _check_sizes(writes)
+        workflow_id = lease.workflow_id
+        keys = [*self._workflow_keys(workflow_id), self._alarms, self._info, self._all]
+        keys.append(self._state_head + state)
+        claimed = "" if lease.wake_at is None else repr(lease.wake_at)
+        args: list[bytes | str] = [
+            str(lease.token),
+            repr(time.time()),
+            workflow_id,
+            state,
+            self._state_head,
+            claimed,
+            "" if wake_at is None else repr(wake_at),
+            self._due_channel,
+            *_ops(writes),
+        ]
+        with _map_errors("finish_run"):
+            finished = await self._scripts["finish"](keys=keys, args=args)
+        if not finished:
+            raise LeaseLostError(STORE, f"finish_run of workflow {workflow_id!r}")
 
     async def wait_for_due(self, timeout: float) -> None:
         """Return on the next ``set_alarm`` anywhere, or after ``timeout`` seconds.

@@ -88,10 +88,13 @@ class Queue:
 class WorkflowContext:
     """One scope of a workflow (the body, a branch, a loop iteration) and its cursor."""
 
-    def __init__(self, run: Run, scope: Location, scope_node: Node) -> None:
+    def __init__(
+        self, run: Run, scope: Location, scope_node: Node, in_branch: bool = False
+    ) -> None:
         self.run = run
         self.scope = scope
         self.scope_node = scope_node
+        self.in_branch = in_branch  # inside a join or race branch: siblings may run beside it
         self._cursor = 0
         self._used: set[str] = set()
         self._busy: tuple[str, str] | None = None  # (kind, name) of the operation in flight
@@ -253,13 +256,15 @@ class WorkflowContext:
         # The operation's coroutine is made only when awaited: a forgotten await leaves no
         # half-started operation behind, just the busy flag the next operation reports.
         try:
+            if self.run.storage.owed:
+                await self.run.storage.flush()  # an earlier step's output lands first
             return await operation(site, *args)
         finally:
             self._busy = None
 
-    def child(self, scope: Location, scope_node: Node) -> WorkflowContext:
+    def child(self, scope: Location, scope_node: Node, branch: bool = False) -> WorkflowContext:
         """A context for a nested scope (branch or loop iteration) of the same run."""
-        return WorkflowContext(self.run, scope, scope_node)
+        return WorkflowContext(self.run, scope, scope_node, self.in_branch or branch)
 
     def end_scope(self) -> None:
         """At a scope's normal end: every recorded entry must have been performed again."""

@@ -55,3 +55,18 @@ class Notifier(Protocol):
     """Optional driver hook used after a message is written: tell subscribers about it."""
 
     async def notify(self, workflow_id: str) -> None: ...
+
+
+@runtime_checkable
+class RunFinisher(Protocol):
+    """Optional driver hook: end a run in one atomic call (a worker's claimed run).
+
+    Receives the run's last writes, the state it ended in and its next wake-up (None: it
+    needs none), instead of a ``batch`` followed by ``set_alarm`` or ``clear_alarm``. A
+    worker's driver uses it to write, update the index, settle the alarm it claimed and
+    release its lease at once.
+    """
+
+    async def finish_run(
+        self, writes: Sequence[tuple[bytes, bytes | None]], state: str, wake_at: float | None
+    ) -> None: ...

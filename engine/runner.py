@@ -21,7 +21,7 @@ and the ``StorageError`` propagates; the next run resumes from what landed.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from engine.context import WorkflowContext
-from engine.driver import EngineDriver, WakeSource
+from engine.driver import EngineDriver, RunFinisher, WakeSource
 from engine.errors import (
     EvictedError,
     HistoryDivergedError,
@@ -45,7 +45,7 @@ from engine.ops.rollback import run_handlers
 from engine.run import ErrorEvent, ErrorHook, HistoryHook, Run, call_hook
 from engine.scheduler import Mode, Scheduler
 from engine.state import WorkflowResult, WorkflowState
-from engine.storage import Storage
+from engine.storage import Storage, Writes
 
 WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
 
@@ -59,13 +59,14 @@ class RunSpec:
     mode: Mode
     on_history_updated: HistoryHook | None
     on_error: ErrorHook | None
+    snapshot: Sequence[tuple[bytes, bytes]] | None = None  # the namespace, already read
 
 
 async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> WorkflowResult:
     """Run the workflow once; ``attach`` receives the live ``Run`` so the handle can reach it."""
     wid = spec.workflow_id
     storage = Storage(spec.driver, wid)
-    await storage.load()
+    await storage.load(spec.snapshot)
     fields = storage.fields
     state = WorkflowState(fields.get(Field.STATE, WorkflowState.PENDING))
     if state == WorkflowState.COMPLETED:
@@ -180,31 +181,22 @@ async def _settle(
         except Exception as exc:
             kind, value = "failed", exc
         else:
-            storage.set_field(Field.STATE, WorkflowState.COMPLETED.value)
-            await storage.flush()
-            if storage.seen_before or storage.saw_messages or run.scheduler.armed_alarm:
-                # Otherwise no alarm can exist: nothing started this workflow before, no
-                # message came, no run armed one. (A message sent in the very last instant
-                # may leave one: a worker then replays the completed workflow once.)
-                await spec.driver.clear_alarm(wid)
+            # Without an earlier start, a message or an alarm armed by this run, no alarm
+            # can exist. (A message sent in the very last instant may leave one: a worker
+            # then replays the completed workflow once.)
+            clear = storage.seen_before or storage.saw_messages or run.scheduler.armed_alarm
+            await _end(run, spec, WorkflowState.COMPLETED, None, clear_alarm=clear)
             return WorkflowResult(wid, WorkflowState.COMPLETED, output=output)
     if kind == "suspended":
-        storage.set_field(Field.STATE, WorkflowState.SLEEPING.value)
-        await storage.flush()
         deadline = run.scheduler.suspend_deadline
-        if deadline is not None:
-            await spec.driver.set_alarm(wid, deadline)
+        # A wait for messages alone arms nothing: whoever sends one sets the alarm.
+        await _end(run, spec, WorkflowState.SLEEPING, deadline, clear_alarm=False)
         return WorkflowResult(wid, WorkflowState.SLEEPING, wake_at=deadline)
     if kind == "stopped":
         if run.cancelled:
-            storage.set_field(Field.STATE, WorkflowState.CANCELLED.value)
-            await storage.flush()
-            await spec.driver.clear_alarm(wid)
+            await _end(run, spec, WorkflowState.CANCELLED, None, clear_alarm=True)
             return WorkflowResult(wid, WorkflowState.CANCELLED)
-        await storage.flush()
-        await spec.driver.set_alarm(wid, time.time())
-        state = WorkflowState(storage.fields.get(Field.STATE, WorkflowState.PENDING))
-        return WorkflowResult(wid, state, evicted=True)
+        return await _evicted(run, spec)
     return await _fail(run, spec, value, resume_rollback)
 
 
@@ -218,16 +210,44 @@ async def _fail(run: Run, spec: RunSpec, error: BaseException, resumed: bool) ->
         try:
             rollback_error = await run_handlers(run, WorkflowState.ROLLING_BACK.value)
         except EvictedError:
-            await storage.flush()
-            return WorkflowResult(wid, WorkflowState.ROLLING_BACK, evicted=True)
+            return await _evicted(run, spec)
         if rollback_error is None and Field.ROLLBACK_ERROR in storage.fields:
             storage.delete_field(Field.ROLLBACK_ERROR)
     if not resumed or Field.ERROR not in storage.fields:
         storage.set_field(Field.ERROR, error_record(error))
-    storage.set_field(Field.STATE, WorkflowState.FAILED.value)
-    await storage.flush()
-    await spec.driver.clear_alarm(wid)
+    await _end(run, spec, WorkflowState.FAILED, None, clear_alarm=True)
     raise error
+
+
+async def _evicted(run: Run, spec: RunSpec) -> WorkflowResult:
+    """Stopped from outside: keep what happened and be due now for whoever runs it next."""
+    state = WorkflowState(run.storage.fields.get(Field.STATE, WorkflowState.PENDING))
+    await _end(run, spec, state, time.time(), clear_alarm=False)
+    return WorkflowResult(spec.workflow_id, state, evicted=True)
+
+
+async def _end(
+    run: Run, spec: RunSpec, state: WorkflowState, wake_at: float | None, *, clear_alarm: bool
+) -> None:
+    """Record ``state`` with the run's last writes, then arm the alarm for ``wake_at`` or
+    (``clear_alarm``) clear it. A driver that finishes runs itself (a worker's claim) gets
+    all of it in one atomic call, and settles its alarm by its own rule."""
+    storage = run.storage
+    storage.set_field(Field.STATE, state.value)  # no write when it is the stored state
+    driver = spec.driver
+    if isinstance(driver, RunFinisher):
+        finisher = driver
+
+        async def finish(writes: Writes) -> None:
+            await finisher.finish_run(writes, state.value, wake_at)
+
+        await storage.flush(last=finish)
+        return
+    await storage.flush()
+    if wake_at is not None:
+        await driver.set_alarm(spec.workflow_id, wake_at)
+    elif clear_alarm:
+        await driver.clear_alarm(spec.workflow_id)
 
 
 def _storage_failure(value: Any) -> BaseException:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,8 @@ from engine.driver import EngineDriver
 from engine.errors import CorruptedRecordError, StorageError
 from engine.keys import Field, Location, Prefix
 from engine.location import NameRegistry
+
+Writes = list[tuple[bytes, bytes | None]]
 
 
 class Node:
@@ -75,6 +77,8 @@ class Storage:
         self.messages: list[Message] = []
         self._consumed: set[bytes] = set()
         self.pending: dict[bytes, bytes | None] = {}
+        # A step's output is pending and must land before anything else runs (ops.step).
+        self.owed = False
         self.next_seq = 0
         self.seen_before = False  # the workflow had stored fields when this run loaded it
         self.saw_messages = False  # a message was in the store at some look during this run
@@ -86,7 +90,7 @@ class Storage:
 
     # Loading
 
-    async def load(self, snapshot: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def load(self, snapshot: Sequence[tuple[bytes, bytes]] | None = None) -> None:
         """Read the whole namespace with one ``list`` (or take ``snapshot``, the same rows
         read by whoever claimed the workflow, e.g. a worker's claim)."""
         try:
@@ -96,7 +100,7 @@ class Storage:
             self.broken = True  # never write over a store that could not be read
             raise
 
-    def _load(self, rows: list[tuple[bytes, bytes]]) -> None:
+    def _load(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
         # One list of everything, split by table here: on a networked store that is one
         # round trip and one statement. No snapshot across runs is needed: while a run is
         # going on the engine is the only writer of everything but messages, which are read
@@ -267,11 +271,13 @@ class Storage:
 
     # Writing
 
-    async def flush(self) -> None:
+    async def flush(self, last: Callable[[Writes], Awaitable[None]] | None = None) -> None:
         """Write every pending change in one atomic batch; nothing pending means no call.
 
         Flushes of one run are serialized (a later one waits for the one in flight, then
         sends whatever is pending by then) so writes reach the store in the order made.
+        ``last`` sends the run's final writes instead of ``driver.batch``, called even when
+        nothing is pending (it records the run's outcome too).
         """
         while self._in_flight:
             if self._flushed_event is None:
@@ -283,14 +289,16 @@ class Storage:
                 "batch",
                 RuntimeError("an earlier call of this run failed"),
             )
-        if not self.pending:
+        if not self.pending and last is None:
             return
         writes = list(self.pending.items())
         fields = self._dirty_fields
         self.pending, self._dirty_fields = {}, set()
+        owed, self.owed = self.owed, False
         self._in_flight = True
         try:
-            await self._call("batch", self.driver.batch(writes))
+            send = self.driver.batch if last is None else last
+            await self._call("batch", send(writes))
         except anyio.get_cancelled_exc_class():
             # Cancelled mid-batch (a race decided, a run ending): whether it landed is
             # unknown, and since a batch only sets or deletes keys, sending it again is
@@ -298,6 +306,7 @@ class Storage:
             for key, value in writes:
                 self.pending.setdefault(key, value)
             self._dirty_fields |= fields
+            self.owed = self.owed or owed
             raise
         finally:
             self._in_flight = False

@@ -113,7 +113,9 @@ class WorkerStore(Store, Protocol):
     async def wait_for_due(self, timeout: float) -> None: ...
 
 
-def settled_alarm(current: float | None, claimed: float | None, wake_at: float | None) -> float | None:
+def settled_alarm(
+    current: float | None, claimed: float | None, wake_at: float | None
+) -> float | None:
     """The alarm a finished run leaves (``finish_run``), for stores that compute it in Python.
 
     ``current`` is the alarm now, ``claimed`` the one the run was claimed for, ``wake_at``

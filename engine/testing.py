@@ -421,9 +421,7 @@ class WorkerStoreConformance:
             await driver.clear_alarm(wid)
             await driver.delete_prefix(b"")
 
-    @pytest.mark.parametrize(
-        ("wake_at", "expected"), [(None, 50.0), (100.0, 50.0), (10.0, 10.0)]
-    )
+    @pytest.mark.parametrize(("wake_at", "expected"), [(None, 50.0), (100.0, 50.0), (10.0, 10.0)])
     async def test_finish_run_keeps_an_alarm_set_since_the_claim(
         self, conformance_store: Any, wake_at: float | None, expected: float
     ) -> None:

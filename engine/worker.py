@@ -20,7 +20,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +30,11 @@ from anyio.abc import TaskGroup, TaskStatus
 from engine import codec, keys
 from engine.constants import DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_WORKER_CONCURRENCY
 from engine.errors import CorruptedRecordError, LeaseLostError, StorageError
-from engine.handle import WorkflowHandle, run_workflow
-from engine.keys import Field, Prefix
+from engine.handle import WorkflowHandle
+from engine.keys import Field
 from engine.run import ErrorEvent
-from engine.runner import WorkflowFn
+from engine.runner import RunSpec, WorkflowFn
+from engine.start import StartedWorkflow, create
 from engine.state import WorkflowState
 from engine.store import Lease, WorkerStore
 
@@ -62,6 +63,7 @@ class _Slot:
     lease: Lease
     handle: WorkflowHandle | None = None
     lost: bool = False
+    finished: bool = False  # the run ended through finish_run: lease released, alarm settled
     done: anyio.Event = field(default_factory=anyio.Event)
 
 
@@ -119,6 +121,8 @@ class Worker:
         self._kick = anyio.Event()
         self._stop = anyio.Event()
         self._started = False
+        self._task_groups: tuple[TaskGroup, TaskGroup] | None = None  # (runs, service)
+        self._reserved = 0  # slots promised to eager starts whose store call is under way
 
     # Lifecycle
 
@@ -140,7 +144,11 @@ class Worker:
             service.start_soon(self._watch_due)
             async with anyio.create_task_group() as runs:
                 service.start_soon(self._enforce_grace, runs)
-                await self._claim_loop(runs, service)
+                self._task_groups = (runs, service)
+                try:
+                    await self._claim_loop()
+                finally:
+                    self._task_groups = None
             service.cancel_scope.cancel()
         self._log(logging.INFO, "worker_stopped", None, **_counters(self.stats))
 
@@ -158,6 +166,40 @@ class Worker:
         for slot in self._slots.values():
             if slot.handle is not None:
                 slot.handle.evict()
+
+    async def start_workflow(self, name: str, workflow_id: str, input: Any) -> StartedWorkflow:
+        """Start a workflow and, when this worker can take it now, run it here at once.
+
+        Eager start: the workflow is created already claimed by this worker, in the same
+        atomic store call that ``start_workflow`` makes, so its run begins without waiting
+        for a wake-up and a claim. Should this process die, the workflow is due and another
+        worker takes it over once the lease expires. When this worker is not running, is
+        stopping, has no free slot or does not know ``name``, this is ``start_workflow``
+        and any worker picks the workflow up.
+        """
+        eager = (
+            self._task_groups is not None
+            and not self._stop.is_set()
+            and name in self.workflows
+            and len(self._slots) + self._reserved < self.concurrency
+        )
+        if not eager:
+            started, _ = await create(self.store, name, workflow_id, input)
+            return started
+        self._reserved += 1
+        try:
+            started, lease = await create(
+                self.store, name, workflow_id, input, self.worker_id, self.lease
+            )
+        finally:
+            self._reserved -= 1
+        if lease is not None:
+            self.stats.claimed += 1
+            if self._task_groups is None or self._stop.is_set():
+                await self._release(lease)  # stopped meanwhile: due now for any worker
+            else:
+                self._start_slot(lease)
+        return started
 
     @property
     def running(self) -> int:
@@ -199,11 +241,11 @@ class Worker:
                 await anyio.sleep(self.poll_interval)
             self._kick.set()
 
-    async def _claim_loop(self, runs: TaskGroup, service: TaskGroup) -> None:
+    async def _claim_loop(self) -> None:
         while not self._stop.is_set():
             # A fresh event before claiming: a kick that lands during the claim is kept.
             self._kick = anyio.Event()
-            free = self.concurrency - len(self._slots)
+            free = self.concurrency - len(self._slots) - self._reserved
             if free > 0:
                 try:
                     leases = await self.store.claim_due(self.worker_id, self.lease, free)
@@ -215,14 +257,19 @@ class Worker:
                     continue
                 for lease in leases:
                     self.stats.claimed += 1
-                    stale = self._slots.get(lease.workflow_id)
-                    if stale is not None:
-                        # Our own earlier claim expired (this process was paused): that run
-                        # can no longer write, so it gives way to the fresh claim.
-                        self._lose(stale)
-                    slot = self._slots[lease.workflow_id] = _Slot(lease)
-                    runs.start_soon(self._run_slot, slot, service)
+                    self._start_slot(lease)
             await self._kick.wait()
+
+    def _start_slot(self, lease: Lease) -> None:
+        assert self._task_groups is not None
+        runs, service = self._task_groups
+        stale = self._slots.get(lease.workflow_id)
+        if stale is not None:
+            # Our own earlier claim expired (this process was paused): that run can no
+            # longer write, so it gives way to the fresh claim.
+            self._lose(stale)
+        slot = self._slots[lease.workflow_id] = _Slot(lease)
+        runs.start_soon(self._run_slot, slot, service)
 
     # Running one workflow
 
@@ -244,7 +291,7 @@ class Worker:
             if hold:
                 self._held[wid] = slot.lease
                 service.start_soon(self._hold_off, slot.lease)
-            else:
+            elif not slot.finished:
                 await self._release(slot.lease)
             self._kick.set()
 
@@ -254,7 +301,8 @@ class Worker:
         wid = lease.workflow_id
         driver = self.store.fenced_driver(lease)
         try:
-            fields = await self._fields(driver, wid)
+            rows = lease.rows if lease.rows is not None else await driver.list(b"")
+            fields = _fields(rows, wid)
             name = fields.get(Field.NAME)
             if name is None:
                 info = await self.store.workflow_info(wid)
@@ -277,28 +325,22 @@ class Worker:
         if self._stop.is_set() or slot.lost:
             return False
         self._log(logging.DEBUG, "claimed", wid, name=name, token=lease.token)
-        handle = run_workflow(
+        spec = RunSpec(
             wid,
             fn,
             fields[Field.INPUT],
-            _AlarmSettledByWorker(driver),
-            mode="yield",
-            on_error=self._on_error,
+            _ClaimedRun(driver, self.store, slot),
+            "yield",
+            None,
+            self._on_error,
+            snapshot=rows,
         )
+        handle = WorkflowHandle(spec)
         slot.handle = handle
         if self._stop.is_set():
             handle.evict()  # stop() ran between the claim and here
         await self._finish(slot, handle)
         return False
-
-    async def _fields(self, driver: Any, wid: str) -> dict[Field, Any]:
-        rows = await driver.list(keys.prefix_key(Prefix.FIELDS))
-        wanted = {keys.field_key(Field.NAME): Field.NAME, keys.field_key(Field.INPUT): Field.INPUT}
-        return {
-            wanted[key]: codec.decode(raw, f"workflow {wid!r} {wanted[key].name.lower()}")
-            for key, raw in rows
-            if key in wanted
-        }
 
     async def _finish(self, slot: _Slot, handle: WorkflowHandle) -> None:
         wid = slot.lease.workflow_id
@@ -345,14 +387,17 @@ class Worker:
         await self._settle(slot, result.state)
 
     async def _settle(self, slot: _Slot, state: WorkflowState) -> None:
+        """For a run that ended without writing (already finished when loaded, say): bring
+        the index up to date, consume the claimed alarm and release, in one call."""
+        if slot.finished:
+            return
         wid = slot.lease.workflow_id
         try:
-            # In this order: consuming the alarm is what marks the run as dealt with. A crash
-            # before it leaves the alarm due, so another worker replays the workflow (cheap:
-            # nothing executes again) and brings the index up to date.
-            await self.store.set_index_state(wid, state.value)
-            if slot.lease.wake_at is not None:
-                await self.store.settle_alarm(wid, slot.lease.wake_at)
+            await self.store.finish_run(slot.lease, [], state.value, None)
+            slot.finished = True
+        except LeaseLostError as exc:
+            self.stats.fencing_rejections += 1
+            self._log(logging.WARNING, "fencing_rejected", wid, token=slot.lease.token, error=exc)
         except StorageError as exc:
             self.stats.store_errors += 1
             self._log(logging.WARNING, "store_error", wid, operation="settle", error=exc)
@@ -451,24 +496,38 @@ class Worker:
         )
 
 
-class _AlarmSettledByWorker:
-    """The fenced driver of a claimed run, except that ending the run does not clear the alarm.
+class _ClaimedRun:
+    """The fenced driver of a claimed run, which ends the run with ``finish_run``.
 
-    A run clears its workflow's alarm when it completes, fails or is cancelled. Under a
-    worker that would happen before the worker updates the index, and a crash in between
-    would leave a finished workflow listed in its old state with nothing left to revisit
-    it. The worker consumes the alarm itself (``settle_alarm``) once the index is written.
+    Ending through the store (``engine.driver.RunFinisher``) writes the run's last batch,
+    its state in the index, the settled alarm and the lease release atomically, so no
+    crash can leave a finished workflow listed in its old state or a stale alarm behind.
     """
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, store: WorkerStore, slot: _Slot) -> None:
         self._inner = inner
+        self._store = store
+        self._slot = slot
         self.worker_poll_interval = inner.worker_poll_interval
 
-    async def clear_alarm(self, workflow_id: str) -> None:
-        """Left to the worker's settle, after the index update."""
+    async def finish_run(
+        self, writes: Sequence[tuple[bytes, bytes | None]], state: str, wake_at: float | None
+    ) -> None:
+        await self._store.finish_run(self._slot.lease, writes, state, wake_at)
+        self._slot.finished = True
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+def _fields(rows: Sequence[tuple[bytes, bytes]], wid: str) -> dict[Field, Any]:
+    """The name and input a claimed workflow was started with, out of its rows."""
+    wanted = {keys.field_key(Field.NAME): Field.NAME, keys.field_key(Field.INPUT): Field.INPUT}
+    return {
+        wanted[key]: codec.decode(raw, f"workflow {wid!r} {wanted[key].name.lower()}")
+        for key, raw in rows
+        if key in wanted
+    }
 
 
 def _counters(stats: WorkerStats) -> dict[str, int]:

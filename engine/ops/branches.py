@@ -79,7 +79,7 @@ class _Branch:
         self.index = storage.names.intern(name, storage.pending)
         self.location = (*site.location, self.index)
         self.node: Node = site.node.child(self.index)
-        self.ctx = site.ctx.child(self.location, self.node)
+        self.ctx = site.ctx.child(self.location, self.node, branch=True)
 
 
 class _Outcomes:

@@ -49,7 +49,7 @@ async def run_handlers(run: Run, state_rolling_back: Any) -> BaseException | Non
     """Run every not-yet-completed handler, newest first; return the first failure or None."""
     storage = run.storage
     storage.set_field(Field.STATE, state_rolling_back)
-    await storage.flush()
+    await storage.flush()  # also pays an owed step output: it lands before any handler runs
     for handler in sorted(run.rollback_handlers, key=lambda h: h.seq, reverse=True):
         node = storage.node(handler.location)
         if node.entry is None:

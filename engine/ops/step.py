@@ -2,8 +2,11 @@
 
 Write path of one executed step: call ``fn``; encode the output (through the codec, so the
 first run returns exactly what replay will); queue the entry (and metadata when earlier
-attempts failed); flush, which sends that plus anything else pending in one batch. Replay
-finds the entry marked done and decodes the recorded output without calling ``fn``.
+attempts failed); flush, which sends that plus anything else pending in one batch. Outside
+join and race branches (where nothing else of the run executes) the flush is *owed*
+instead: the next operation pays it before it starts, and the run's end merges it into its
+last write, so a workflow's final step and its completion are one batch. Replay finds the
+entry marked done and decodes the recorded output without calling ``fn``.
 """
 
 from __future__ import annotations
@@ -169,7 +172,15 @@ async def run_step(site: Site, fn: Callable[[], Any], options: StepOptions) -> A
         if meta:
             run.storage.record_meta(site.location, node, {"st": "completed", "a": attempt})
         if not options.ephemeral:
-            await run.storage.flush()
+            if not site.ctx.in_branch:
+                # Nothing else of this run can be executing: the write can wait for what
+                # comes next, which pays it before starting (or merges it into the run's
+                # last write). A crash before then runs this step again, as it would had
+                # the flush failed; nothing that follows it runs before the write lands.
+                # In a branch, a sibling's step may be under way, so it is written now.
+                run.storage.owed = True
+            else:
+                await run.storage.flush()
         value = done["o"]
         if options.rollback is not None:
             _register_rollback(run, site, done["s"], options.rollback, value)

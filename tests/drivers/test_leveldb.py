@@ -30,14 +30,15 @@ async def test_data_alarms_and_index_survive_reopen(tmp_path: Path) -> None:
         await driver.set_alarm("order-1", now + 50)
         await driver.set_alarm("order-1", now - 5)  # replaces the first wake time
         await store.driver("order-2").set_alarm("order-2", now - 10)
-        assert await store.register_workflow("order-1", "order", "pending")
-        await store.set_index_state("order-1", "sleeping")
+        assert (await store.create_workflow("order-1", "order", [], now - 5)).created
+        (lease,) = [c for c in await store.claim_due("w", 30.0, 10) if c.workflow_id == "order-1"]
+        await store.finish_run(lease, [], "sleeping", now - 5)
     async with LevelDBStore(tmp_path) as store:
         assert await store.driver("order-1").list(b"") == [(b"h1", b"one"), (b"h2", b"two")]
         due = await store.due_alarms(now=now + 3600)
         assert [w for w, _ in due] == ["order-2", "order-1"]
         assert abs(due[1][1] - (now - 5)) < 1e-6
-        assert await store.register_workflow("order-1", "other", "pending") is False
+        assert not (await store.create_workflow("order-1", "other", [], now)).created
         assert await store.workflow_info("order-1") == ("order", "sleeping")
         assert await store.list_workflows("sleeping") == ["order-1"]
         assert await store.list_workflows("pending") == []
@@ -49,7 +50,7 @@ async def test_ids_with_separators_and_nul_never_overlap(tmp_path: Path) -> None
         for wid in ids:
             # Keys that would mimic an escape or terminator after a looser id encoding.
             await store.driver(wid).batch([(b"\xff\x00k", wid.encode()), (b"\x01\x00\x00", b"x")])
-            await store.register_workflow(wid, "n", "pending")
+            await store.create_workflow(wid, "n", [], 0.0)
         for wid in ids:
             listed = await store.driver(wid).list(b"")
             assert listed == [(b"\x01\x00\x00", b"x"), (b"\xff\x00k", wid.encode())]
@@ -154,8 +155,9 @@ async def test_sync_flag_reaches_every_write_batch(
         await driver.delete_range(b"a", b"b")
         await driver.delete_prefix(b"")
         await driver.set_alarm("wf", 1.0)
-        await store.register_workflow("wf", "n", "pending")
-        await store.set_index_state("wf", "running")
+        await store.create_workflow("wf2", "n", [(b"in", b"1")], 1.0, owner="w", lease=30.0)
+        (lease,) = await store.claim_due("w", 30.0, 10)  # "wf": "wf2" is held
+        await store.finish_run(lease, [(b"out", b"2")], "completed", None)
         assert len(spy.batch_sync) == 7 and set(spy.batch_sync) == {sync}
         # Only synced writes with fsync_in_thread go to a thread; everything else, reads
         # included, stays on the loop.
@@ -179,7 +181,7 @@ async def test_closed_store_raises_storage_error(tmp_path: Path) -> None:
         driver.batch([(b"k", b"v")]),
         driver.set_alarm("wf", 1.0),
         store.due_alarms(),
-        store.register_workflow("wf", "n", "pending"),
+        store.create_workflow("wf", "n", [], 1.0),
     ):
         with pytest.raises(StorageError, match="closed"):
             await call

@@ -139,7 +139,7 @@ async def test_key_order_is_bytewise_in_a_non_c_collation_database() -> None:
             await driver.delete_range(b"\x00\x00", b"\xff")
             assert [key for key, _ in await driver.list(b"")] == [b"\x00", b"\xff", b"\xff\xff"]
             for wid in ("b", "B", "a", "é"):
-                await store.register_workflow(wid, "n", "pending")
+                await store.create_workflow(wid, "n", [], 0.0)
             assert await store.list_workflows() == sorted(["b", "B", "a", "é"])
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -244,12 +244,11 @@ async def test_sql_injection_in_workflow_ids_is_harmless() -> None:
         ]
         bystander = store.driver("bystander")
         await bystander.set(b"k", b"safe")
-        await store.register_workflow("bystander", "n", "pending")
+        await store.create_workflow("bystander", "n", [], time.time() + 3600)
         for wid in hostile:
             driver = store.driver(wid)
-            await driver.batch([(b"k", wid.encode())])
-            await driver.set_alarm(wid, time.time() - 1)
-            assert await store.register_workflow(wid, wid, "pending")
+            made = await store.create_workflow(wid, wid, [(b"k", wid.encode())], time.time() - 1)
+            assert made.created
             await driver.notify(wid)
         for wid in hostile:
             assert await store.driver(wid).get(b"k") == wid.encode()
@@ -262,3 +261,38 @@ async def test_sql_injection_in_workflow_ids_is_harmless() -> None:
             await store.driver(wid).delete_prefix(b"")
         assert await bystander.get(b"k") == b"safe"
         assert await store.workflow_info("bystander") == ("n", "pending")
+
+
+async def test_a_claim_sees_a_write_that_landed_while_it_waited() -> None:
+    """The previous holder's fenced write, judged unexpired on its clock, is in flight when
+    the lease expires: the claim waits for its lock, and must then read the namespace with
+    that write in it (else the new holder would run the landed step again)."""
+    admin = await admin_connection()
+    try:
+        async with open_store() as store:
+            wid = f"straddle-{uuid.uuid4().hex[:8]}"
+            now = time.time()
+            made = await store.create_workflow(
+                wid, "n", [(b"in", b"1")], now - 1, owner="w1", lease=0.5
+            )
+            assert made.lease is not None
+            transaction = admin.transaction()
+            await transaction.start()
+            write = store._sql["upsert fenced"]
+            args = (wid, made.lease.token, now, [b"step"], [b"done"])
+            assert await admin.fetchval(write, *args) == 1  # allowed, not yet committed
+            claims: list[Any] = []
+
+            async def claim() -> None:
+                taken = await store.claim_due("w2", 30.0, 10, now=now + 1)
+                claims.extend(c for c in taken if c.workflow_id == wid)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(claim)
+                await anyio.sleep(0.3)
+                assert not claims  # waiting for the holder's lock
+                await transaction.commit()
+            assert claims[0].token > made.lease.token
+            assert claims[0].rows == [(b"in", b"1"), (b"step", b"done")]
+    finally:
+        await admin.close()

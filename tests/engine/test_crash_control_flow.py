@@ -197,7 +197,7 @@ async def test_crash_at_every_write(store: Any, wid: str, fail: bool) -> None:
         assert reference.result[1]["raced"] == ["work", ["r/work/w1", "r/work/w2"]]
         assert expected_compensations == []
     total_writes = counting.writes
-    assert total_writes > 20
+    assert total_writes > 15  # enough writes to crash between every kind of operation
 
     for crash_at in range(1, total_writes + 1):
         run_id = f"{wid}-{crash_at}"

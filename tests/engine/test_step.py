@@ -19,9 +19,11 @@ from engine import (
     WorkflowContext,
     WorkflowFailedError,
     WorkflowState,
+    keys,
     run_workflow,
 )
-from engine.testing import CountingDriver
+from engine.keys import Prefix
+from engine.testing import CountingDriver, FaultyDriver, SimulatedCrash
 from tests.support.workflows import Calls
 
 pytestmark = pytest.mark.anyio
@@ -366,4 +368,105 @@ async def test_on_history_updated_is_called_after_each_flush(driver: Any, wid: s
         await ctx.step("b", lambda: 2)
 
     await run_workflow(wid, wf, None, driver, on_history_updated=hook).result()
-    assert flushed == [wid, wid, wid]  # two steps and the completion
+    assert flushed == [wid, wid]  # "a" before "b" starts, then "b" with the completion
+
+
+# The owed flush: outside branches a step's write waits for whatever comes next.
+
+
+async def test_the_last_step_and_the_completion_are_one_batch(driver: Any, wid: str) -> None:
+    counting = CountingDriver(driver)
+
+    async def wf(ctx: WorkflowContext, _: None) -> int:
+        a = await ctx.step("a", lambda: 1)
+        b = await ctx.step("b", lambda: a + 1)
+        return int(await ctx.step("c", lambda: b + 1))
+
+    assert (await run_workflow(wid, wf, None, counting).result()).output == 3
+    # "a" lands before "b" starts, "b" before "c" starts, "c" with the completion.
+    assert counting.calls["batch"] == 3 and counting.writes == 3
+
+
+async def test_a_crash_at_the_last_write_runs_only_the_last_step_again(
+    driver: Any, wid: str
+) -> None:
+    calls = Calls()
+
+    async def wf(ctx: WorkflowContext, _: None) -> list[Any]:
+        return [await ctx.step(name, calls.fn(name, name)) for name in ("a", "b", "c")]
+
+    with pytest.raises(SimulatedCrash):
+        await run_workflow(wid, wf, None, FaultyDriver(driver, crash_at=3)).result()
+    assert (calls["a"], calls["b"], calls["c"]) == (1, 1, 1)
+    result = await run_workflow(wid, wf, None, driver).result()
+    assert result.output == ["a", "b", "c"]
+    assert (calls["a"], calls["b"], calls["c"]) == (1, 1, 2)
+
+
+async def test_an_owed_write_lands_before_the_next_step_runs(driver: Any, wid: str) -> None:
+    seen: list[int] = []
+
+    async def look() -> str:
+        seen.append(len(await driver.list(keys.prefix_key(Prefix.HISTORY))))
+        return "looked"
+
+    async def wf(ctx: WorkflowContext, _: None) -> None:
+        await ctx.step("a", lambda: 1)
+        await ctx.step("b", look)
+        await ctx.sleep("pause", 0.001)
+        await ctx.step("c", look)
+
+    await run_workflow(wid, wf, None, driver).result()
+    assert seen == [1, 2]  # "a" landed before "b" ran, "b" before "c" ran
+
+
+async def test_a_step_in_a_branch_is_written_before_its_siblings_go_on(
+    driver: Any, wid: str
+) -> None:
+    """A sibling branch may be in the middle of a step: a branch's step output lands at
+    once instead of waiting for the next operation."""
+    seen: list[int] = []
+    a_done = anyio.Event()
+
+    async def slow_sibling() -> str:
+        await a_done.wait()
+        await anyio.sleep(0.01)  # whatever "a" had to write has had its chance
+        seen.append(len(await driver.list(keys.prefix_key(Prefix.HISTORY))))
+        return "b"
+
+    async def slow_a() -> str:
+        await anyio.sleep(0.005)  # so the sibling's step is under way when this one ends
+        return "a"
+
+    async def branch_a(ctx: WorkflowContext) -> str:
+        out = await ctx.step("a", slow_a)
+        a_done.set()
+        await anyio.sleep(0.05)  # still going (no operation) while the sibling looks
+        return str(out)
+
+    async def branch_b(ctx: WorkflowContext) -> str:
+        return str(await ctx.step("b", slow_sibling))
+
+    async def wf(ctx: WorkflowContext, _: None) -> dict[str, Any]:
+        return await ctx.join("both", {"a": branch_a, "b": branch_b})
+
+    assert (await run_workflow(wid, wf, None, driver).result()).output == {"a": "a", "b": "b"}
+    assert seen == [2]  # the join's own entry and "a"
+
+
+async def test_an_owed_write_lands_before_a_rollback_handler_runs(
+    driver: Any, wid: str
+) -> None:
+    seen: list[int] = []
+
+    async def undo(_rctx: Any, _output: Any) -> None:
+        seen.append(len(await driver.list(keys.prefix_key(Prefix.HISTORY))))
+
+    async def wf(ctx: WorkflowContext, _: None) -> None:
+        await ctx.rollback_checkpoint("start")
+        await ctx.step("charge", lambda: "charged", rollback=undo)
+        raise CriticalError("declined")
+
+    with pytest.raises(CriticalError):
+        await run_workflow(wid, wf, None, driver).result()
+    assert seen == [2]  # the checkpoint and the charge, both stored before the undo ran

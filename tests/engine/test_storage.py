@@ -25,7 +25,9 @@ async def test_a_new_name_lands_in_the_same_batch_as_its_entry(driver: Any, wid:
         await run_workflow(wid, _two_steps, None, faulty).result()
     names = [v for _, v in await driver.list(keys.prefix_key(Prefix.NAMES))]
     history = await driver.list(keys.prefix_key(Prefix.HISTORY))
-    assert len(history) == 1 and len(names) == 1 and b"first-step-name" in names[0]
+    # The first step's name is in the batch with its entry; a name may land before its
+    # entry (the second step's is interned when the step is called), never after.
+    assert len(history) == 1 and b"first-step-name" in names[0]
 
 
 async def test_loading_reads_the_namespace_with_one_list(driver: Any, wid: str) -> None:

@@ -1,4 +1,4 @@
-"""``start_workflow``: idempotent per id, crash-safe, and cheap to list by state."""
+"""``start_workflow``: idempotent per id, one atomic store call, cheap to list by state."""
 
 from __future__ import annotations
 
@@ -44,22 +44,12 @@ async def test_start_twice_is_a_no_op(store: Any) -> None:
     assert await store.workflow_info(wid) == ("order", "pending")
 
 
-async def test_start_repairs_a_start_that_crashed_before_the_input(store: Any) -> None:
-    wid = _wid()
-    assert await store.register_workflow(wid, "order", "pending")  # step 1 landed, then crash
-    assert await _field(store, wid, Field.INPUT) is None
-    again = await start_workflow(store, "order", wid, 7)
-    assert (again.name, again.created) == ("order", False)
-    assert await _field(store, wid, Field.INPUT) == 7
-    assert wid in [w for w, _ in await store.due_alarms(now=time.time() + 1)]
-
-
-async def test_start_rearms_a_pending_workflow_without_alarm(store: Any) -> None:
+async def test_a_repeat_leaves_the_alarm_alone(store: Any) -> None:
     wid = _wid()
     await start_workflow(store, "order", wid, 7)
-    await store.driver(wid).clear_alarm(wid)  # as if the crash hit before set_alarm
+    (due,) = [at for w, at in await store.due_alarms(now=time.time() + 1) if w == wid]
     await start_workflow(store, "order", wid, 7)
-    assert wid in [w for w, _ in await store.due_alarms(now=time.time() + 1)]
+    assert (wid, due) in await store.due_alarms(now=time.time() + 1)
 
 
 async def test_unstorable_input_leaves_no_trace(store: Any) -> None:
@@ -73,7 +63,9 @@ async def test_list_by_state(store: Any) -> None:
     ids = [_wid() for _ in range(3)]
     for wid in ids:
         await start_workflow(store, "order", wid, None)
-    await store.set_index_state(ids[0], "completed")
+    claims = await store.claim_due("test", 30.0, 1000, now=time.time() + 1)
+    (claim,) = [c for c in claims if c.workflow_id == ids[0]]
+    await store.finish_run(claim, [], "completed", None)
     assert set(ids[1:]) <= set(await store.list_workflows("pending"))
     assert ids[0] in await store.list_workflows("completed")
     assert ids[0] not in await store.list_workflows("pending")

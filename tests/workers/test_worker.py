@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from engine import Worker, WorkflowContext, WorkflowState, keys, start_workflow
+from engine.errors import StorageError
 from engine.keys import Prefix
 from tests.support.workflows import Calls
 from tests.workers.helpers import (
@@ -274,35 +275,157 @@ def test_rejects_bad_settings() -> None:
         Worker(MemoryStore(), {"x": "not a function"})  # type: ignore[dict-item]
 
 
-async def test_a_crash_before_the_index_update_is_repaired_by_the_next_claim(store: Any) -> None:
-    """The run completed, but the worker died before indexing it: the alarm must survive
-    so that a later claim replays the workflow (no step runs again) and fixes the index."""
+async def test_a_run_whose_finish_did_not_land_is_replayed_and_finished(store: Any) -> None:
+    """The run's last call (last step's output, index state, alarm, lease) failed: none of
+    it landed, so the alarm is still due and the next claim replays the workflow: the first
+    step is replayed, the last one (whose write had not landed) runs again."""
     calls = Calls()
 
+    async def two_steps(ctx: WorkflowContext, _: Any) -> Any:
+        await ctx.step("first", calls.fn("first", 1))
+        return await ctx.step("last", calls.fn("last", "done"))
+
+    wid = _wid()
+    await start_workflow(store, "two", wid, None)
+    real_finish_run = store.finish_run
+    failures: list[str] = []
+
+    async def fails_once(lease: Any, writes: Any, state: str, wake_at: Any) -> None:
+        if not failures:
+            failures.append(state)
+            raise StorageError("test store", "finish_run")  # as if the worker died here
+        await real_finish_run(lease, writes, state, wake_at)
+
+    store.finish_run = fails_once
+    try:
+        worker = _worker(store, {"two": two_steps}, lease=0.4, heartbeat=0.1)
+        async with running(worker):
+            await wait_until(lambda: all_in_state(store, [wid], "completed"), what="finished")
+    finally:
+        store.finish_run = real_finish_run
+    assert failures == ["completed"]
+    assert (calls["first"], calls["last"]) == (1, 2)
+    assert await output_of(store, wid) == "done"
+    assert not await _due(store, wid)
+    assert worker.stats.claimed == 2 and worker.stats.store_errors == 1
+
+
+async def test_a_completed_run_leaves_index_alarm_and_lease_settled(store: Any) -> None:
     async def one_step(ctx: WorkflowContext, _: Any) -> Any:
-        return await ctx.step("only", calls.fn("only", "done"))
+        return await ctx.step("only", lambda: "done")
 
     wid = _wid()
     await start_workflow(store, "one", wid, None)
-    real_set_index_state = store.set_index_state
-    failures: list[str] = []
-
-    async def dies_once(workflow_id: str, state: str) -> None:
-        if not failures:
-            failures.append(state)
-            from engine.errors import StorageError
-
-            raise StorageError("test store", "set_index_state")  # the worker "dies" here
-        await real_set_index_state(workflow_id, state)
-
-    store.set_index_state = dies_once
-    try:
-        worker = _worker(store, {"one": one_step}, lease=0.4, heartbeat=0.1)
-        async with running(worker):
-            await wait_until(lambda: all_in_state(store, [wid], "completed"), what="repaired")
-    finally:
-        store.set_index_state = real_set_index_state
-    assert failures == ["completed"]
-    assert calls["only"] == 1 and await output_of(store, wid) == "done"
+    worker = _worker(store, {"one": one_step})
+    async with running(worker):
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), what="completed")
     assert not await _due(store, wid)
-    assert worker.stats.claimed == 2  # the first run, then the replay that fixed the index
+    # Released, not left to expire: a new alarm is claimable at once.
+    await store.driver(wid).set_alarm(wid, time.time() - 1)
+    assert wid in {c.workflow_id for c in await store.claim_due("other", 30.0, 1000)}
+
+
+class _ClaimLog:
+    """Records every workflow a worker got from ``claim_due``."""
+
+    def __init__(self, store: Any) -> None:
+        self.ids: list[str] = []
+        self._claim_due = store.claim_due
+        store.claim_due = self
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        leases = await self._claim_due(*args, **kwargs)
+        self.ids.extend(lease.workflow_id for lease in leases)
+        return leases
+
+
+async def test_eager_start_runs_here_without_a_claim(store: Any) -> None:
+    calls = Calls()
+
+    async def two_steps(ctx: WorkflowContext, n: int) -> int:
+        a = await ctx.step("a", calls.fn("a", n + 1))
+        return int(await ctx.step("b", calls.fn("b", a * 2)))
+
+    claims = _ClaimLog(store)
+    worker = _worker(store, {"two": two_steps})
+    wid = _wid()
+    async with running(worker):
+        await wait_until(lambda: _is_running(worker), what="worker running")
+        started = await worker.start_workflow("two", wid, 1)
+        assert (started.workflow_id, started.name, started.created) == (wid, "two", True)
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), what="completed")
+        again = await worker.start_workflow("two", wid, 5)  # idempotent, runs nothing
+        assert (again.name, again.created) == ("two", False)
+    assert await output_of(store, wid) == 4
+    assert calls["a"] == 1 and calls["b"] == 1
+    assert wid not in claims.ids
+    assert worker.stats.claimed == 1 and worker.stats.completed == 1
+    assert not await _due(store, wid)
+
+
+async def test_eager_start_falls_back_to_a_plain_start(store: Any) -> None:
+    """Not running, or a name this worker does not run: the workflow is started and left
+    due for any worker."""
+    idle = _worker(store, {"two": _sleeper})
+    first = _wid()
+    assert (await idle.start_workflow("two", first, 1)).created
+    assert await _due(store, first) and idle.stats.claimed == 0
+
+    worker = _worker(store, {"two": _sleeper})
+    second = _wid()
+    async with running(worker):
+        await wait_until(lambda: _is_running(worker), what="worker running")
+        await worker.start_workflow("elsewhere", second, 1)
+        assert await store.workflow_info(second) == ("elsewhere", "pending")
+    assert await _history_steps(store, second) == 0
+
+
+async def test_eager_start_when_full_leaves_it_for_a_claim(store: Any) -> None:
+    release = anyio.Event()
+
+    async def blocked(ctx: WorkflowContext, _: Any) -> Any:
+        async def wait() -> str:
+            await release.wait()
+            return "ok"
+
+        return await ctx.step("wait", wait)
+
+    claims = _ClaimLog(store)
+    worker = _worker(store, {"blocked": blocked}, concurrency=1)
+    first, second = _wid(), _wid()
+    async with running(worker):
+        await wait_until(lambda: _is_running(worker), what="worker running")
+        await worker.start_workflow("blocked", first, None)
+        await wait_until(lambda: _running_count(worker, 1), what="first running")
+        await worker.start_workflow("blocked", second, None)  # no free slot: plain start
+        assert await _due(store, second)
+        release.set()
+        await wait_until(lambda: all_in_state(store, [first, second], "completed"), what="both")
+    assert claims.ids.count(second) == 1 and first not in claims.ids
+
+
+async def test_an_eagerly_started_workflow_survives_its_worker(store: Any) -> None:
+    """The starting process claims the workflow and dies before running it: once the
+    lease expires another worker runs it."""
+    from engine.start import create
+
+    wid = _wid()
+    started, lease = await create(store, "two", wid, 1, owner="dead-worker", lease=0.3)
+    assert started.created and lease is not None
+    worker = _worker(store, {"two": _sleeper}, lease=1.0, heartbeat=0.2)
+    async with running(worker):
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), what="taken over")
+    assert await output_of(store, wid) == 2
+    assert worker.stats.claimed == 1
+
+
+async def _sleeper(ctx: WorkflowContext, n: int) -> int:
+    return int(await ctx.step("inc", lambda: n + 1))
+
+
+async def _is_running(worker: Worker) -> bool:
+    return worker._task_groups is not None
+
+
+async def _running_count(worker: Worker, count: int) -> bool:
+    return worker.running == count
