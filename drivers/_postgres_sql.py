@@ -151,31 +151,50 @@ claim AS (INSERT INTO {s}.leases AS l (workflow_id, owner, token, expires_at)
     RETURNING token)"""
     + _CREATED
     + "    (SELECT token FROM claim)",
-    # The end of a run, fenced like a kv write ($1 id, $2 token, $3 now): the batch ($4, $5
-    # upserts, $6 deletes, each key once), the index state $7, the alarm settled from the
-    # claimed $8 to the run's $9 (engine.store.settled_alarm) and the lease released. The
-    # alarm conditions sit in ON CONFLICT and WHERE, which Postgres re-checks on the latest
-    # row version, so an alarm set by a message meanwhile is never lost. An alarm set due
-    # wakes idle workers ($10 the alarm channel).
-    "finish_run": "WITH "
-    + GUARDS[" fenced"]
-    + """,
-up AS (INSERT INTO {s}.kv (workflow_id, key, value)
+}
+
+# The end of a run, fenced like a kv write ($1 id, $2 token, $3 now): the batch ($4, $5
+# upserts, $6 deletes, each key once), the index state $7, the alarm settled from the
+# claimed $8 to the run's $9 (engine.store.settled_alarm) and the lease released. The alarm
+# conditions sit in ON CONFLICT and WHERE, which Postgres re-checks on the latest row
+# version, so an alarm set by a message meanwhile is never lost. An alarm set due wakes
+# idle workers ($10 the alarm channel). Like a batch, each call uses only the parts it
+# needs (no delete when nothing is deleted, one of the two alarm parts): unused CTEs
+# still cost execution time.
+_FINISH_PARTS = {
+    "up": """up AS (INSERT INTO {s}.kv (workflow_id, key, value)
     SELECT $1, k, v FROM unnest($4::bytea[], $5::bytea[]) AS t(k, v)
     WHERE EXISTS (SELECT FROM guard)
-    ON CONFLICT (workflow_id, key) DO UPDATE SET value = EXCLUDED.value),
-del AS (DELETE FROM {s}.kv WHERE workflow_id = $1 AND key = ANY($6::bytea[])
-    AND EXISTS (SELECT FROM guard)),
-idx AS (INSERT INTO {s}.workflows SELECT $1, '', $7 FROM guard
-    ON CONFLICT (workflow_id) DO UPDATE SET state = EXCLUDED.state),
-alarm AS (INSERT INTO {s}.alarms AS a SELECT $1, $9::float8 FROM guard WHERE $9 IS NOT NULL
+    ON CONFLICT (workflow_id, key) DO UPDATE SET value = EXCLUDED.value)""",
+    "del": """del AS (DELETE FROM {s}.kv WHERE workflow_id = $1 AND key = ANY($6::bytea[])
+    AND EXISTS (SELECT FROM guard))""",
+    "idx": """idx AS (INSERT INTO {s}.workflows SELECT $1, '', $7 FROM guard
+    ON CONFLICT (workflow_id) DO UPDATE SET state = EXCLUDED.state)""",
+    "alarm": """alarm AS (INSERT INTO {s}.alarms AS a SELECT $1, $9::float8 FROM guard
     ON CONFLICT (workflow_id) DO UPDATE SET wake_at = EXCLUDED.wake_at
         WHERE a.wake_at = $8::float8 OR a.wake_at > EXCLUDED.wake_at
-    RETURNING wake_at),
-unalarm AS (DELETE FROM {s}.alarms WHERE workflow_id = $1 AND wake_at = $8 AND $9 IS NULL
-    AND EXISTS (SELECT FROM guard)),
-rel AS (UPDATE {s}.leases SET expires_at = '-infinity' WHERE workflow_id = $1 AND token = $2
-    AND EXISTS (SELECT FROM guard))
-SELECT (SELECT count(*) FROM guard),
-    (SELECT pg_notify($10, $1) FROM alarm WHERE wake_at <= $3)""",
+    RETURNING wake_at)""",
+    "unalarm": """unalarm AS (DELETE FROM {s}.alarms WHERE workflow_id = $1 AND wake_at = $8
+    AND EXISTS (SELECT FROM guard))""",
+    "rel": """rel AS (UPDATE {s}.leases SET expires_at = '-infinity' WHERE workflow_id = $1
+    AND token = $2 AND EXISTS (SELECT FROM guard))""",
 }
+
+
+def _finish_run(deletes: bool, wake: bool) -> str:
+    parts = [GUARDS[" fenced"], _FINISH_PARTS["up"]]
+    parts += [_FINISH_PARTS["del"]] if deletes else []
+    parts += [_FINISH_PARTS["idx"], _FINISH_PARTS["alarm" if wake else "unalarm"]]
+    parts += [_FINISH_PARTS["rel"]]
+    notify = "(SELECT pg_notify($10, $1) FROM alarm WHERE wake_at <= $3)" if wake else "NULL"
+    # Every parameter appears, so one argument list fits all four shapes.
+    unused = "" if deletes else ", $6::bytea[] IS NULL"
+    unused += "" if wake else ", $9::float8 IS NULL, $10::text IS NULL"
+    return "WITH " + ",\n".join(parts) + f"\nSELECT (SELECT count(*) FROM guard), {notify}{unused}"
+
+
+for _deletes in (False, True):
+    for _wake in (False, True):
+        STATEMENTS["finish_run" + (" del" if _deletes else "") + (" wake" if _wake else "")] = (
+            _finish_run(_deletes, _wake)
+        )

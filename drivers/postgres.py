@@ -430,6 +430,9 @@ class PostgresStore:
         deletes = [key for key, value in latest.items() if value is None]
         wid = lease.workflow_id
         # Not retried: after a first attempt that landed, the released lease fails the fence.
+        shape = (
+            "finish_run" + (" del" if deletes else "") + (" wake" if wake_at is not None else "")
+        )
         allowed = await self._query(
             "finish_run",
             "fetchval",
@@ -443,6 +446,7 @@ class PostgresStore:
             lease.wake_at,
             wake_at,
             self._alarm_channel,
+            statement=shape,
             idempotent=False,
         )
         if not allowed:

@@ -123,6 +123,7 @@ class Worker:
         self._started = False
         self._task_groups: tuple[TaskGroup, TaskGroup] | None = None  # (runs, service)
         self._reserved = 0  # slots promised to eager starts whose store call is under way
+        self._more_due = False  # the last claim was skipped or filled every free slot
 
     # Lifecycle
 
@@ -246,9 +247,11 @@ class Worker:
             # A fresh event before claiming: a kick that lands during the claim is kept.
             self._kick = anyio.Event()
             free = self.concurrency - len(self._slots) - self._reserved
+            self._more_due = free <= 0
             if free > 0:
                 try:
                     leases = await self.store.claim_due(self.worker_id, self.lease, free)
+                    self._more_due = len(leases) >= free
                 except StorageError as exc:
                     self.stats.store_errors += 1
                     self._log(logging.WARNING, "store_error", operation="claim_due", error=exc)
@@ -293,7 +296,11 @@ class Worker:
                 service.start_soon(self._hold_off, slot.lease)
             elif not slot.finished:
                 await self._release(slot.lease)
-            self._kick.set()
+            if self._more_due or not slot.finished:
+                # A freed slot matters only when workflows were left due for lack of one,
+                # or when this one's alarm is still due; otherwise the store's wake-ups
+                # (or the poll) bring the next claim, and an idle claim is a wasted call.
+                self._kick.set()
 
     async def _execute(self, slot: _Slot) -> bool:
         """Run the claimed workflow once; True when it must be held off (unknown name)."""
