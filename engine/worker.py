@@ -124,6 +124,7 @@ class Worker:
         self._task_groups: tuple[TaskGroup, TaskGroup] | None = None  # (runs, service)
         self._reserved = 0  # slots promised to eager starts whose store call is under way
         self._more_due = False  # the last claim was skipped or filled every free slot
+        self._refill = max(1, concurrency // 4)  # free slots worth a claim when saturated
 
     # Lifecycle
 
@@ -296,10 +297,12 @@ class Worker:
                 service.start_soon(self._hold_off, slot.lease)
             elif not slot.finished:
                 await self._release(slot.lease)
-            if self._more_due or not slot.finished:
-                # A freed slot matters only when workflows were left due for lack of one,
-                # or when this one's alarm is still due; otherwise the store's wake-ups
-                # (or the poll) bring the next claim, and an idle claim is a wasted call.
+            free = self.concurrency - len(self._slots) - self._reserved
+            if not slot.finished or (self._more_due and free >= self._refill):
+                # A freed slot matters only when workflows were left due for lack of one
+                # (then claim a few at a time, not one call per finished run), or when
+                # this one's alarm is still due; otherwise the store's wake-ups (or the
+                # poll) bring the next claim, and an idle claim is a wasted call.
                 self._kick.set()
 
     async def _execute(self, slot: _Slot) -> bool:
