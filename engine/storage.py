@@ -9,6 +9,7 @@ write (key -> encoded bytes, or ``None`` to delete); ``flush`` sends all of them
 
 from __future__ import annotations
 
+import bisect
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -91,8 +92,8 @@ class Storage:
     # Loading
 
     async def load(self, snapshot: Sequence[tuple[bytes, bytes]] | None = None) -> None:
-        """Read the whole namespace with one ``list`` (or take ``snapshot``, the same rows
-        read by whoever claimed the workflow, e.g. a worker's claim)."""
+        """Read the whole namespace with one ``list`` (or take ``snapshot``: the same rows,
+        sorted by key like any ``list``, read by whoever claimed the workflow)."""
         try:
             rows = await self._list(b"") if snapshot is None else snapshot
             self._load(rows)
@@ -101,37 +102,37 @@ class Storage:
             raise
 
     def _load(self, rows: Sequence[tuple[bytes, bytes]]) -> None:
-        # One list of everything, split by table here: on a networked store that is one
-        # round trip and one statement. No snapshot across runs is needed: while a run is
-        # going on the engine is the only writer of everything but messages, which are read
-        # again before the run yields.
+        # One list of everything (sorted by key, so each table is one run of rows), split by
+        # table here: on a networked store that is one round trip and one statement. No
+        # snapshot across runs is needed: while a run is going on the engine is the only
+        # writer of everything but messages, which are read again before the run yields.
+        table = _split_tables(rows)
         record = _RecordNote(self.workflow_id)
+        if table is None:
+            record.key = next(k for k, _ in rows if k[:_PREFIX_LEN] not in _TABLE_PREFIXES)
+            raise CorruptedRecordError(f"{record()}: not a key this engine writes")
         decode = codec.decode
-        messages: list[tuple[bytes, bytes]] = []
-        next_seq = 0
-        for key, raw in rows:
+        for key, raw in table[Prefix.NAMES]:
             record.key = key
-            table = _TABLES.get(key[:_PREFIX_LEN])
-            if table is Prefix.HISTORY:
-                entry = decode(raw, record)
-                self._node_for_key(key).entry = entry
-                seq = entry.get("s")
-                if seq is not None and seq >= next_seq:
-                    next_seq = seq + 1
-            elif table is Prefix.METADATA:
-                self._node_for_key(key).meta = decode(raw, record)
-            elif table is Prefix.NAMES:
-                self.names.load(keys.parse_name_key(key), decode(raw, record))
-            elif table is Prefix.FIELDS:
-                self.fields[keys.parse_field_key(key)] = decode(raw, record)
-            elif table is Prefix.MESSAGES:
-                messages.append((key, raw))
-            else:
-                raise CorruptedRecordError(f"{record()}: not a key this engine writes")
-        self.next_seq = next_seq
+            self.names.load(keys.parse_name_key(key), decode(raw, record))
+        for key, raw in table[Prefix.FIELDS]:
+            record.key = key
+            self.fields[keys.parse_field_key(key)] = decode(raw, record)
         self._flushed_fields = dict(self.fields)
         self.seen_before = bool(self.fields)
-        self._add_messages(messages)
+        next_seq = 0
+        for key, raw in table[Prefix.HISTORY]:
+            record.key = key
+            entry = decode(raw, record)
+            self._node_for_key(key).entry = entry
+            seq = entry.get("s")
+            if seq is not None and seq >= next_seq:
+                next_seq = seq + 1
+        self.next_seq = next_seq
+        for key, raw in table[Prefix.METADATA]:
+            record.key = key
+            self._node_for_key(key).meta = decode(raw, record)
+        self._add_messages(table[Prefix.MESSAGES])
 
     async def _list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         listed: list[tuple[bytes, bytes]] = await self._call("list", self.driver.list(prefix))
@@ -141,7 +142,7 @@ class Storage:
         """Pick up messages written since the last look; True when any arrived."""
         return self._add_messages(await self._list(keys.prefix_key(Prefix.MESSAGES)))
 
-    def _add_messages(self, listed: list[tuple[bytes, bytes]]) -> bool:
+    def _add_messages(self, listed: Sequence[tuple[bytes, bytes]]) -> bool:
         self.saw_messages = self.saw_messages or bool(listed)
         # Called only after the read: two refreshes may run at once (a local send and a
         # wake-up), and a message must not be added twice.
@@ -338,9 +339,23 @@ def _walk(location: Location, node: Node) -> Iterator[tuple[Location, Node]]:
         yield from _walk((*location, segment), child)
 
 
-_TABLES = {keys.prefix_key(prefix): prefix for prefix in Prefix}
+_TABLE_ORDER = sorted(Prefix, key=keys.prefix_key)
+_TABLE_PREFIXES = {keys.prefix_key(prefix) for prefix in Prefix}
 _PREFIX_LEN = len(keys.HISTORY_PREFIX)
-assert all(len(key) == _PREFIX_LEN for key in _TABLES)
+assert all(len(key) == _PREFIX_LEN for key in _TABLE_PREFIXES)
+_TABLES_END = keys.prefix_end(keys.prefix_key(_TABLE_ORDER[-1]))
+
+
+def _split_tables(
+    rows: Sequence[tuple[bytes, bytes]],
+) -> dict[Prefix, Sequence[tuple[bytes, bytes]]] | None:
+    """Each table's rows out of a sorted namespace; None if a row is in no known table."""
+    starts = [bisect.bisect_left(rows, (keys.prefix_key(p),)) for p in _TABLE_ORDER]
+    end = bisect.bisect_left(rows, (_TABLES_END,))
+    if starts[0] != 0 or end != len(rows):
+        return None
+    bounds = [*starts, end]
+    return {p: rows[bounds[i] : bounds[i + 1]] for i, p in enumerate(_TABLE_ORDER)}
 
 
 class _RecordNote:
