@@ -59,7 +59,7 @@ from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import CorruptedRecordError, LeaseLostError, SerializationError, StorageError
 from engine.keys import pack, prefix_end, unpack
 from engine.state import WorkflowState
-from engine.store import Lease, Registration, settled_alarm
+from engine.store import Lease, Registration, creation_rows, settled_alarm
 
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 """LevelDB rewrites values on every compaction; past a few MiB that gets slow and memory-hungry."""
@@ -344,11 +344,8 @@ class LevelDBStore:
     ) -> Registration:
         for key, value in writes:
             _check(key, value)
-            if value is None:  # a new namespace has nothing to delete
-                raise TypeError("create_workflow values are bytes, got None")
+        rows = creation_rows(writes)
         wid = _encode_id(workflow_id)
-        # What the namespace holds once the batch lands (a later write of a key wins).
-        rows = sorted({bytes(key): bytes(value) for key, value in writes}.items())
         index = _key(_Table.INDEX, wid)
         async with self._meta_lock:  # nothing else writes the index or alarm meanwhile
             found = _parse_index(self._read("create_workflow", lambda db: db.get(index)))
@@ -375,7 +372,7 @@ class LevelDBStore:
         if claim is None:
             self._wake_workers()
             return Registration(True, name)
-        return Registration(True, name, replace(claim, rows=list(rows)))
+        return Registration(True, name, replace(claim, rows=rows))
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
         raw = self._read(

@@ -19,7 +19,7 @@ from drivers._inprocess import InProcessLeases, InProcessWakeups
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError
 from engine.state import WorkflowState
-from engine.store import Lease, Registration, settled_alarm
+from engine.store import Lease, Registration, creation_rows, settled_alarm
 
 
 class _Namespace:
@@ -260,18 +260,19 @@ class MemoryStore:
     ) -> Registration:
         for key, value in writes:
             _check_bytes(key, value)
+        rows = creation_rows(writes)
         if workflow_id in self._index:
             return Registration(False, self._index[workflow_id][0])
         self._index[workflow_id] = (name, WorkflowState.PENDING.value)
         namespace = self._namespaces.setdefault(workflow_id, _Namespace())
-        for key, value in writes:
-            namespace.put(bytes(key), bytes(value))
+        for key, value in rows:
+            namespace.put(key, value)
         if owner is None:
             self._alarms.set(workflow_id, wake_at)
             return Registration(True, name)
         self._alarms.wake_at[workflow_id] = wake_at  # claimed: no wake-up for other workers
         claim = self._leases.claim(workflow_id, owner, time.time() + lease, wake_at)
-        return Registration(True, name, replace(claim, rows=sorted(dict(writes).items())))
+        return Registration(True, name, replace(claim, rows=rows))
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
         return self._index.get(workflow_id)

@@ -46,7 +46,7 @@ from drivers import _postgres_sql as queries
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError, SerializationError, StorageError
 from engine.keys import prefix_end
-from engine.store import Lease, Registration
+from engine.store import Lease, Registration, creation_rows
 
 STORE = "postgres store"
 SCHEMA_VERSION = 1
@@ -354,9 +354,7 @@ class PostgresStore:
     ) -> Registration:
         for key, value in writes:
             _check_write(key, value)
-            if value is None:
-                raise TypeError(f"create_workflow writes set values, got None for {key!r}")
-        rows = dict(sorted({bytes(key): bytes(value) for key, value in writes}.items()))
+        rows = dict(creation_rows(writes))
         expires_at = time.time() + lease
         args: list[Any] = [workflow_id, name, list(rows), list(rows.values()), wake_at]
         args += [self._alarm_channel] if owner is None else [owner, expires_at]

@@ -42,7 +42,7 @@ from drivers import _redis_scripts as scripts
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError, SerializationError, StorageError
 from engine.state import WorkflowState
-from engine.store import Lease, Registration
+from engine.store import Lease, Registration, creation_rows
 
 STORE = "redis store"
 # Redis caps a bulk string (and so a hash value or zset member) at 512 MiB by default
@@ -358,9 +358,7 @@ class RedisStore:
         lease: float = 0.0,
     ) -> Registration:
         _check_sizes(writes)
-        if any(value is None for _, value in writes):
-            raise TypeError("create_workflow writes are (key, value) bytes, not deletes")
-        rows = {bytes(k): bytes(v) for k, v in writes}  # later writes of a key win
+        rows = dict(creation_rows(writes))
         state = WorkflowState.PENDING.value
         keys = [*self._workflow_keys(workflow_id), self._alarms, self._info, self._all]
         keys.append(self._state_head + state)
@@ -382,7 +380,7 @@ class RedisStore:
             return Registration(False, found.decode())
         if owner is None:
             return Registration(True, name)
-        claim = Lease(workflow_id, owner, int(found), expires, wake_at, sorted(rows.items()))
+        claim = Lease(workflow_id, owner, int(found), expires, wake_at, list(rows.items()))
         return Registration(True, name, claim)
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:

@@ -124,3 +124,15 @@ def settled_alarm(
     if current is None or current == claimed:
         return wake_at
     return current if wake_at is None else min(current, wake_at)
+
+
+def creation_rows(writes: Sequence[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]]:
+    """What ``create_workflow`` leaves in a new namespace: each key once (a later write
+    wins), in key order. Stores validate with it before sending anything; a delete has no
+    place in a creation."""
+    rows: dict[bytes, bytes] = {}
+    for key, value in writes:
+        if value is None:
+            raise TypeError(f"create_workflow writes set values, got a delete of {key!r}")
+        rows[bytes(key)] = bytes(value)
+    return sorted(rows.items())

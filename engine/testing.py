@@ -295,6 +295,12 @@ class WorkerStoreConformance:
             assert await driver.list(b"") == sorted(writes)
             assert (wid, now - 1) in await conformance_store.due_alarms(now=now)
             assert await conformance_store.workflow_info(_wid("absent")) is None
+            # A creation only sets values: a delete in it is refused and nothing lands.
+            refused = _wid("refused")
+            with pytest.raises(TypeError):
+                await conformance_store.create_workflow(refused, "o", [(b"k", None)], now)
+            assert await conformance_store.workflow_info(refused) is None
+            assert await conformance_store.driver(refused).list(b"") == []
         finally:
             await driver.clear_alarm(wid)
             await driver.delete_prefix(b"")
