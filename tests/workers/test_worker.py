@@ -429,3 +429,28 @@ async def _is_running(worker: Worker) -> bool:
 
 async def _running_count(worker: Worker, count: int) -> bool:
     return worker.running == count
+
+
+async def test_an_eager_start_that_races_a_stop_leaves_the_workflow_to_any_worker(
+    store: Any,
+) -> None:
+    """stop() lands while the eager start's store call is under way: the claim it got is
+    released at once, so the workflow is due for another worker, not held for a lease."""
+    worker = _worker(store, {"two": _sleeper}, lease=30.0, heartbeat=5.0)
+    real_create = store.create_workflow
+
+    async def create_then_stop(*args: Any, **kwargs: Any) -> Any:
+        made = await real_create(*args, **kwargs)
+        worker.stop()
+        return made
+
+    wid = _wid()
+    async with running(worker):
+        await wait_until(lambda: _is_running(worker), what="worker running")
+        store.create_workflow = create_then_stop
+        try:
+            assert (await worker.start_workflow("two", wid, 1)).created
+        finally:
+            store.create_workflow = real_create
+    assert worker.stats.completed == 0 and await _history_steps(store, wid) == 0
+    assert wid in {c.workflow_id for c in await store.claim_due("other", 30.0, 1000)}
