@@ -75,18 +75,26 @@ return rows(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 
 # KEYS: alarms. ARGV: now, expires, limit, owner, workflow key head ('N:w:{#'), its tail
 # ('}'). Returns (id, token, wake time, {key1, value1, ...}) per claim, the rows being the
-# claimed namespace as list() gives it.
+# claimed namespace as list() gives it. Due alarms whose lease is live (runs in flight) sit
+# at the front of the set, so it pages past them in small pages and stops at the limit:
+# a claim costs about (runs in flight + limit) entries, not the whole due backlog.
 CLAIM = (
     ROWS
     + """
 local function hex(s)
-  return (s:gsub('.', function(c) return string.format('%02x', string.byte(c)) end))
+  local parts = {}
+  for i = 1, #s, 64 do
+    local chunk = s:sub(i, i + 63)
+    parts[#parts + 1] = string.format(string.rep('%02x', #chunk), string.byte(chunk, 1, -1))
+  end
+  return table.concat(parts)
 end
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
-local out, claimed, offset = {}, 0, 0
-while claimed < limit do
+local page = limit + 32
+local out, offset = {}, 0
+while #out < limit do
   local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES',
-                         'LIMIT', offset, 256)
+                         'LIMIT', offset, page)
   if #due == 0 then break end
   offset = offset + #due / 2
   for i = 1, #due, 2 do
@@ -94,11 +102,11 @@ while claimed < limit do
     local head = ARGV[5] .. hex(id) .. ARGV[6]
     local lease = head .. ':lease'
     local exp = redis.call('HGET', lease, 'exp')
-    if claimed < limit and ((not exp) or tonumber(exp) <= now) then
+    if (not exp) or tonumber(exp) <= now then
       local token = redis.call('HINCRBY', lease, 'token', 1)
       redis.call('HSET', lease, 'owner', ARGV[4], 'exp', ARGV[2])
       out[#out + 1] = {id, token, due[i + 1], rows(head .. ':kv', head .. ':ix', '-', '+')}
-      claimed = claimed + 1
+      if #out == limit then break end
     end
   end
 end

@@ -384,6 +384,28 @@ class WorkerStoreConformance:
             await driver.clear_alarm(wid)
             await driver.delete_prefix(b"")
 
+    async def test_claims_in_due_order_up_to_the_limit_past_live_leases(
+        self, conformance_store: Any
+    ) -> None:
+        # Wake times in 1970 put these first in any store; one id is long and not ASCII.
+        wids = [_wid(f"order{i}") for i in range(4)] + [_wid("é" * 80)]
+        now = time.time()
+        for i, wid in enumerate(wids):
+            await conformance_store.driver(wid).set_alarm(wid, 1.0 + i)
+        await conformance_store.driver(wids[4]).set(b"k", b"v")
+        try:
+            first = await conformance_store.claim_due("w1", 30.0, 2, now=now)
+            assert [c.workflow_id for c in first] == wids[:2]
+            # The next claim passes over the two live leases, however small its limit.
+            second = await conformance_store.claim_due("w2", 30.0, 2, now=now)
+            assert [c.workflow_id for c in second] == wids[2:4]
+            third = await conformance_store.claim_due("w3", 30.0, 1, now=now)
+            assert [(c.workflow_id, c.rows) for c in third] == [(wids[4], [(b"k", b"v")])]
+        finally:
+            for wid in wids:
+                await conformance_store.driver(wid).clear_alarm(wid)
+                await conformance_store.driver(wid).delete_prefix(b"")
+
     async def test_claim_requires_a_due_alarm(self, conformance_store: Any) -> None:
         wid = _wid("notdue")
         driver = conformance_store.driver(wid)
