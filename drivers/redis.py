@@ -39,6 +39,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import MaxConnectionsError, RedisError
 
 from drivers import _redis_scripts as scripts
+from drivers._redis_batching import ScriptCalls
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.errors import LeaseLostError, SerializationError, StorageError
 from engine.state import WorkflowState
@@ -140,8 +141,8 @@ class RedisDriver:
     async def _write(self, operation: str, ops: list[bytes | str]) -> None:
         token = "" if self._lease is None else str(self._lease.token)
         with _map_errors(operation):
-            applied = await self._store._scripts["write"](
-                keys=self._keys, args=[token, repr(time.time()), *ops]
+            applied = await self._store._scripts(
+                "write", self._keys, [token, repr(time.time()), *ops]
             )
         if not applied:
             raise LeaseLostError(STORE, f"{operation} of workflow {self._workflow_id!r}")
@@ -167,9 +168,7 @@ class RedisDriver:
 
     async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         with _map_errors("list"):
-            flat = await self._store._scripts["list"](
-                keys=self._keys[:2], args=list(_prefix_bounds(prefix))
-            )
+            flat = await self._store._scripts("list", self._keys[:2], [*_prefix_bounds(prefix)])
         return list(zip(flat[::2], flat[1::2], strict=True))
 
     async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
@@ -249,17 +248,17 @@ class RedisStore:
         self._due_channel = f"{namespace}:due"
         self._due_pubsub: PubSub | None = None
         self._due_lock, self._due_setup_lock = anyio.Lock(), anyio.Lock()
-        self._scripts = {
-            name: client.register_script(source)
-            for name, source in {
+        self._scripts = ScriptCalls(
+            client,
+            {
                 "write": scripts.WRITE,
                 "list": scripts.LIST,
                 "claim": scripts.CLAIM,
                 "renew": scripts.RENEW,
                 "create": scripts.CREATE,
                 "finish": scripts.FINISH,
-            }.items()
-        }
+            },
+        )
 
     @classmethod
     async def connect(
@@ -375,7 +374,7 @@ class RedisStore:
         for key, value in rows.items():
             args += [key, value]
         with _map_errors("create_workflow"):
-            created, found = await self._scripts["create"](keys=keys, args=args)
+            created, found = await self._scripts("create", keys, args)
         if not created:
             return Registration(False, found.decode())
         if owner is None:
@@ -407,7 +406,7 @@ class RedisStore:
         head, tail = f"{self.namespace}:w:{{#", "}"
         args: list[str | int] = [repr(now), repr(expires), limit, owner, head, tail]
         with _map_errors("claim_due"):
-            claims = await self._scripts["claim"](keys=[self._alarms], args=args)
+            claims = await self._scripts("claim", [self._alarms], args)
         return [
             Lease(
                 wid.decode(),
@@ -425,7 +424,7 @@ class RedisStore:
         key = self._workflow_head(lease.workflow_id) + ":lease"
         args = [str(lease.token), repr(now), repr(now + duration)]
         with _map_errors("renew"):
-            renewed = await self._scripts["renew"](keys=[key], args=args)
+            renewed = await self._scripts("renew", [key], args)
         if not renewed:
             return None
         return Lease(lease.workflow_id, lease.owner, lease.token, now + duration, lease.wake_at)
@@ -433,7 +432,7 @@ class RedisStore:
     async def release(self, lease: Lease) -> None:
         key = self._workflow_head(lease.workflow_id) + ":lease"
         with _map_errors("release"):
-            await self._scripts["renew"](keys=[key], args=[str(lease.token), "0", ""])
+            await self._scripts("renew", [key], [str(lease.token), "0", ""])
 
     async def finish_run(
         self,
@@ -459,7 +458,7 @@ class RedisStore:
             *_ops(writes),
         ]
         with _map_errors("finish_run"):
-            finished = await self._scripts["finish"](keys=keys, args=args)
+            finished = await self._scripts("finish", keys, args)
         if not finished:
             raise LeaseLostError(STORE, f"finish_run of workflow {workflow_id!r}")
 
@@ -506,6 +505,7 @@ class RedisStore:
     async def close(self) -> None:
         """Close the wake-up subscription and every pooled connection."""
         with anyio.CancelScope(shield=True), _map_errors("close"):
+            await self._scripts.wait_idle()
             if self._due_pubsub is not None:
                 await _close(self._due_pubsub)
                 self._due_pubsub = None
