@@ -8,7 +8,7 @@ default), created idempotently at connect:
 ================  ===============================================================
 table             rows
 ================  ===============================================================
-schema_version    one row: the layout version, for later migrations
+schema_version    one row: the layout version (SCHEMA_VERSION), for upgrades
 kv                (workflow_id, key) -> value
 alarms            workflow_id -> wake_at (indexed by wake_at)
 leases            workflow_id -> owner, token, expires_at (token only ever grows)
@@ -49,7 +49,10 @@ from engine.keys import prefix_end
 from engine.store import Lease, Registration, creation_rows
 
 STORE = "postgres store"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The layout version. Bump it with every change to ``_postgres_sql.DDL``: a store at an
+older version runs the (idempotent) DDL again when it connects, one at this version does
+not. 2: the claim is the ``claim_due`` function."""
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 """Largest value accepted. bytea allows 1 GB, but a value this big already means a step
 output that belongs in blob storage, and asyncpg holds every value of a batch in memory."""
@@ -265,18 +268,41 @@ class PostgresStore:
         return store
 
     async def _create_schema(self) -> None:
-        # IF NOT EXISTS is not safe against concurrent creators; the advisory lock is.
+        """Create or upgrade the schema, unless it is already at this version.
+
+        The check comes first and takes no table lock: the DDL takes strong locks on every
+        table (CREATE INDEX IF NOT EXISTS locks its table even when the index exists), so a
+        worker starting beside running ones would otherwise deadlock with their writes.
+        Creators and upgraders serialize on an advisory lock (IF NOT EXISTS alone is not
+        safe against concurrent creators).
+        """
         with _errors("create schema"):
-            async with self._pool.acquire() as conn, conn.transaction():
-                lock_id = zlib.crc32(self.schema.encode()) - (1 << 31)  # a signed int4
-                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", _LOCK_CLASS, lock_id)
-                await conn.execute(queries.DDL.format(s=self._s))
-                table = f"{self._s}.schema_version"
-                version = await conn.fetchval(f"SELECT max(version) FROM {table}")
-                if version is None:
-                    await conn.execute(f"INSERT INTO {table} VALUES ($1)", SCHEMA_VERSION)
-        if version is not None and version > SCHEMA_VERSION:
+            async with self._pool.acquire() as conn:
+                version = await self._schema_version(conn)
+                if version is None or version < SCHEMA_VERSION:
+                    async with conn.transaction():
+                        lock_id = zlib.crc32(self.schema.encode()) - (1 << 31)  # signed int4
+                        await conn.execute(
+                            "SELECT pg_advisory_xact_lock($1, $2)", _LOCK_CLASS, lock_id
+                        )
+                        version = await self._schema_version(conn)
+                        if version is None or version < SCHEMA_VERSION:
+                            await conn.execute(queries.DDL.format(s=self._s))
+                            table = f"{self._s}.schema_version"
+                            await conn.execute(f"DELETE FROM {table}")
+                            await conn.execute(f"INSERT INTO {table} VALUES ($1)", SCHEMA_VERSION)
+                            version = SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
             raise StorageError(STORE, f"open schema {self.schema!r} of newer version {version}")
+
+    async def _schema_version(self, conn: Any) -> int | None:
+        """The schema's layout version, None when the schema or its tables do not exist."""
+        try:
+            async with conn.transaction():  # a failed look must not abort an outer transaction
+                version = await conn.fetchval(f"SELECT max(version) FROM {self._s}.schema_version")
+        except (asyncpg.InvalidSchemaNameError, asyncpg.UndefinedTableError):
+            return None
+        return None if version is None else int(version)
 
     async def _query(
         self,

@@ -45,6 +45,48 @@ async def test_schema_creation_is_idempotent_under_concurrent_connects() -> None
         assert await first._pool.fetchval(f'SELECT count(*) FROM "{schema}".schema_version') == 1
 
 
+async def test_connecting_beside_running_writers_takes_no_table_lock() -> None:
+    # A worker starting while others write must not queue behind them: the DDL's CREATE
+    # INDEX waits for every open write on its table (and so deadlocked against them).
+    schema = unique_name("pg_schema")
+    async with open_store(schema=schema) as first:
+        conn = await asyncpg.connect(DATABASE_URL)
+        try:
+            async with conn.transaction():
+                await conn.execute(f'LOCK TABLE "{schema}".alarms IN ROW EXCLUSIVE MODE')
+                with anyio.fail_after(10):
+                    second = await PostgresStore.connect(DATABASE_URL, schema=schema)
+                await second.close()
+        finally:
+            await conn.close()
+        assert await first.claim_due("w", 30.0, 10) == []
+
+
+async def test_an_older_schema_is_upgraded_at_connect() -> None:
+    schema = unique_name("pg_schema")
+    async with open_store(schema=schema) as first:
+        wid = _wid("upgrade")
+        await first.driver(wid).set_alarm(wid, time.time() - 1)
+        # What a version-1 store looked like: no claim function.
+        await first._pool.execute(f'DROP FUNCTION "{schema}".claim_due')
+        await first._pool.execute(f'UPDATE "{schema}".schema_version SET version = 1')
+        async with await PostgresStore.connect(DATABASE_URL, schema=schema) as upgraded:
+            version = await upgraded._pool.fetchval(
+                f'SELECT version FROM "{schema}".schema_version'
+            )
+            assert version == drivers.postgres.SCHEMA_VERSION
+            assert [c.workflow_id for c in await upgraded.claim_due("w", 30.0, 10)] == [wid]
+
+
+async def test_a_newer_schema_is_refused() -> None:
+    schema = unique_name("pg_schema")
+    async with open_store(schema=schema) as first:
+        newer = drivers.postgres.SCHEMA_VERSION + 1
+        await first._pool.execute(f'UPDATE "{schema}".schema_version SET version = {newer}')
+        with pytest.raises(StorageError, match=f"newer version {newer}"):
+            await PostgresStore.connect(DATABASE_URL, schema=schema)
+
+
 async def test_schema_name_is_validated() -> None:
     for bad in ('x"; DROP SCHEMA public; --', "Upper", "1abc", "", "a" * 49):
         with pytest.raises(ValueError):
