@@ -10,7 +10,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine import codec, keys
-from engine.driver import EngineDriver, Notifier
+from engine.driver import EngineDriver, is_notifier
 from engine.keys import Field
 from engine.run import ErrorHook, HistoryHook, Run
 from engine.runner import RunSpec, WorkflowFn, execute
@@ -121,7 +121,7 @@ class WorkflowHandle:
         record = encode_message(name, data, self.workflow_id)
         await self._driver.batch([(new_message_key(), record)])
         await self._driver.set_alarm(self.workflow_id, time.time())
-        if isinstance(self._driver, Notifier):
+        if is_notifier(self._driver):
             await self._driver.notify(self.workflow_id)
         if self._run is not None:
             await self._run.scheduler.notify_messages()

@@ -34,6 +34,7 @@ A location is a tuple of name indices and loop-iteration markers; a marker is th
 
 from __future__ import annotations
 
+import functools
 from enum import IntEnum
 from typing import TypeAlias
 
@@ -235,7 +236,9 @@ def message_key(sent_ns: int, nonce: int) -> bytes:
     return pack((Prefix.MESSAGES, sent_ns, nonce))
 
 
+@functools.cache
 def field_key(field: Field) -> bytes:
+    """Constant per field, and asked for several times a run: packed once."""
     return pack((Prefix.FIELDS, field))
 
 

@@ -29,7 +29,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from engine.context import WorkflowContext
-from engine.driver import EngineDriver, RunFinisher, WakeSource
+from engine.driver import EngineDriver, WakeSource, is_run_finisher, is_wake_source
 from engine.errors import (
     EvictedError,
     HistoryDivergedError,
@@ -116,7 +116,7 @@ def _scheduler(spec: RunSpec, storage: Storage) -> Scheduler:
         spec.driver.worker_poll_interval,
         storage.refresh_messages,
         on_live_idle,
-        message_poll=not isinstance(spec.driver, WakeSource),
+        message_poll=not is_wake_source(spec.driver),
     )
     return scheduler
 
@@ -137,7 +137,7 @@ async def _call_beside_coordinator(
     scheduler = run.scheduler
     async with anyio.create_task_group() as tg:
         tg.start_soon(scheduler.coordinate)
-        if spec.mode == "live" and isinstance(spec.driver, WakeSource):
+        if spec.mode == "live" and is_wake_source(spec.driver):
             await tg.start(_forward_wakeups, spec.driver, scheduler)
         try:
             value = await spec.fn(ctx, input_value)
@@ -235,7 +235,7 @@ async def _end(
     storage = run.storage
     storage.set_field(Field.STATE, state.value)  # no write when it is the stored state
     driver = spec.driver
-    if isinstance(driver, RunFinisher):
+    if is_run_finisher(driver):
         finisher = driver
 
         async def finish(writes: Writes) -> None:
