@@ -1,12 +1,13 @@
 """``Worker``: claims due workflows from a shared store and runs them under a lease.
 
 One loop claims (at most as many workflows as there are free slots), one task per claimed
-workflow runs it in yield mode on a *fenced* driver and renews its lease every
-``heartbeat`` seconds. The fence is what makes a single writer: a worker that lost its lease
-(paused, partitioned, slow) has every write rejected by the store in the same atomic
-operation, so it abandons the run instead of corrupting history. After a run the worker
-mirrors the state into the index, consumes the alarm it claimed (compare-and-delete, so an
-alarm set meanwhile by a message or the run's next deadline survives) and releases the lease.
+workflow runs it in yield mode on a *fenced* driver, and one heartbeat task renews every
+running lease each ``heartbeat`` seconds. The fence is what makes a single writer: a worker
+that lost its lease (paused, partitioned, slow) has every write rejected by the store in
+the same atomic operation, so it abandons the run instead of corrupting history. A run ends
+with one ``finish_run``: its last writes, its state in the index, the alarm it claimed
+consumed (compare-and-delete, so an alarm set meanwhile by a message or the run's next
+deadline survives) and the lease released.
 
 Every record the worker logs carries ``event``, ``workflow_id`` and ``worker`` as attributes
 (``extra``), so ``engine.cli`` can print them as one JSON object per line.
@@ -15,13 +16,14 @@ Every record the worker logs carries ``event``, ``workflow_id`` and ``worker`` a
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import signal
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -61,10 +63,11 @@ class _Slot:
     """One claimed workflow: its current lease and, once started, its run."""
 
     lease: Lease
+    renew_at: float  # time.monotonic() of the next renewal; inf while one is under way
     handle: WorkflowHandle | None = None
     lost: bool = False
     finished: bool = False  # the run ended through finish_run: lease released, alarm settled
-    done: anyio.Event = field(default_factory=anyio.Event)
+    done: bool = False
 
 
 class Worker:
@@ -144,6 +147,7 @@ class Worker:
             if self.handle_signals:
                 await service.start(self._watch_signals)
             service.start_soon(self._watch_due)
+            service.start_soon(self._heartbeats, service)
             async with anyio.create_task_group() as runs:
                 service.start_soon(self._enforce_grace, runs)
                 self._task_groups = (runs, service)
@@ -272,7 +276,8 @@ class Worker:
             # Our own earlier claim expired (this process was paused): that run can no
             # longer write, so it gives way to the fresh claim.
             self._lose(stale)
-        slot = self._slots[lease.workflow_id] = _Slot(lease)
+        slot = _Slot(lease, time.monotonic() + self.heartbeat)
+        self._slots[lease.workflow_id] = slot
         runs.start_soon(self._run_slot, slot, service)
 
     # Running one workflow
@@ -281,14 +286,12 @@ class Worker:
         wid = slot.lease.workflow_id
         hold = False
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew_until_done, slot)
-                try:
-                    hold = await self._execute(slot)
-                except Exception as exc:  # a worker bug must not take the other runs down
-                    self._log(logging.ERROR, "worker_error", wid, error=exc)
-                finally:
-                    slot.done.set()
+            try:
+                hold = await self._execute(slot)
+            except Exception as exc:  # a worker bug must not take the other runs down
+                self._log(logging.ERROR, "worker_error", wid, error=exc)
+            finally:
+                slot.done = True
         finally:
             if self._slots.get(wid) is slot:
                 del self._slots[wid]
@@ -412,29 +415,42 @@ class Worker:
             self.stats.store_errors += 1
             self._log(logging.WARNING, "store_error", wid, operation="settle", error=exc)
 
-    async def _renew_until_done(self, slot: _Slot) -> None:
+    async def _heartbeats(self, service: TaskGroup) -> None:
+        """Renew each running lease ``heartbeat`` seconds after its claim or last renewal.
+
+        One task for the whole worker, not one per run: most runs end before their first
+        renewal, and they then cost no task at all. Each renewal runs in a task of its own,
+        so a slow one holds up no other. It never sleeps past a renewal: any lease claimed
+        while it sleeps is due a whole ``heartbeat`` later, after its wake-up.
+        """
         while True:
-            with anyio.move_on_after(self.heartbeat):
-                await slot.done.wait()
+            now = time.monotonic()
+            for slot in list(self._slots.values()):
+                if slot.renew_at <= now:
+                    slot.renew_at = math.inf
+                    service.start_soon(self._renew, slot)
+            due = min((slot.renew_at for slot in self._slots.values()), default=math.inf)
+            await anyio.sleep(max(0.0, min(due, now + self.heartbeat) - time.monotonic()))
+
+    async def _renew(self, slot: _Slot) -> None:
+        if slot.done:
+            return
+        try:
+            renewed = await self.store.renew(slot.lease, self.lease)
+        except StorageError as exc:
+            self._log(
+                logging.WARNING, "store_error", slot.lease.workflow_id, operation="renew", error=exc
+            )
+            if time.time() < slot.lease.expires_at:
+                slot.renew_at = time.monotonic() + self.heartbeat  # the lease may still hold
                 return
-            try:
-                renewed = await self.store.renew(slot.lease, self.lease)
-            except StorageError as exc:
-                self._log(
-                    logging.WARNING,
-                    "store_error",
-                    slot.lease.workflow_id,
-                    operation="renew",
-                    error=exc,
-                )
-                if time.time() < slot.lease.expires_at:
-                    continue  # try again next beat while the lease may still hold
-                renewed = None
-            if renewed is None:
-                if not slot.done.is_set():
-                    self._lose(slot)
-                return
-            slot.lease = renewed
+            renewed = None
+        if renewed is None:
+            if not slot.done:
+                self._lose(slot)
+            return
+        slot.lease = renewed
+        slot.renew_at = time.monotonic() + self.heartbeat
 
     def _lose(self, slot: _Slot) -> None:
         """The lease is gone: evict the run at once (its writes would be rejected anyway)."""

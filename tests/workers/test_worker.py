@@ -130,6 +130,71 @@ async def test_heartbeat_keeps_a_long_step_leased(store: Any) -> None:
     assert first.stats.fencing_rejections + second.stats.fencing_rejections == 0
 
 
+class _RenewalTrouble:
+    """The store, except that the first renewal of chosen workflows hangs or fails."""
+
+    def __init__(self, store: Any, hang: str = "", fail: str = "") -> None:
+        self._store, self._hang, self._fail = store, hang, fail
+        self.renewals: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def renew(self, lease: Any, duration: float) -> Any:
+        wid = lease.workflow_id
+        first = wid not in self.renewals
+        self.renewals.append(wid)
+        if first and wid == self._hang:
+            await anyio.sleep_forever()
+        if first and wid == self._fail:
+            raise StorageError("test store", "renew", OSError("connection reset"))
+        return await self._store.renew(lease, duration)
+
+
+def _one_step_of(calls: Calls, seconds: float) -> Any:
+    async def sleeper(ctx: WorkflowContext, label: str) -> Any:
+        async def work() -> str:
+            calls.counts[label] += 1
+            await anyio.sleep(seconds)
+            return label
+
+        return await ctx.step("work", work)
+
+    return sleeper
+
+
+async def test_a_hung_renewal_holds_up_no_other_lease(store: Any) -> None:
+    calls = Calls()
+    short, long = _wid(), _wid()
+    troubled = _RenewalTrouble(store, hang=short)
+    await start_workflow(store, "short", short, "short")
+    await start_workflow(store, "long", long, "long")
+    flows = {"short": _one_step_of(calls, 0.15), "long": _one_step_of(calls, 1.0)}
+    worker = _worker(troubled, flows, lease=0.3, heartbeat=0.08)
+    async with running(worker):
+        await wait_until(lambda: all_in_state(store, [short, long], "completed"), what="done")
+    assert (calls["short"], calls["long"]) == (1, 1)
+    assert troubled.renewals.count(long) >= 5  # renewed all along, beside the hung one
+    assert worker.stats.leases_lost == worker.stats.fencing_rejections == 0
+
+
+async def test_a_failed_renewal_is_tried_again_while_the_lease_holds(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = Calls()
+    wid = _wid()
+    troubled = _RenewalTrouble(store, fail=wid)
+    await start_workflow(store, "long", wid, "long")
+    worker = _worker(troubled, {"long": _one_step_of(calls, 0.8)}, lease=0.3, heartbeat=0.08)
+    with caplog.at_level(logging.WARNING, logger="engine.worker"):
+        async with running(worker):
+            await wait_until(lambda: all_in_state(store, [wid], "completed"), what="done")
+    assert calls["long"] == 1
+    assert worker.stats.leases_lost == worker.stats.fencing_rejections == 0
+    failed = [r for r in caplog.records if r.fields.get("operation") == "renew"]  # type: ignore[attr-defined]
+    assert [(r.event, r.workflow_id) for r in failed] == [("store_error", wid)]  # type: ignore[attr-defined]
+
+
 async def test_lost_lease_evicts_and_abandons_the_run(store: Any) -> None:
     calls = Calls()
     release = anyio.Event()
