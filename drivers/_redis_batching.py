@@ -76,19 +76,12 @@ class ScriptCalls:
 
     async def _send(self, calls: list[_Call]) -> None:
         try:
-            replies = await self._execute(calls)
-            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-            if missing:  # the server lost its script cache (a restart, SCRIPT FLUSH)
-                for name in {calls[i].name for i in missing}:
-                    await self._client.script_load(self._sources[name])
-                again = await self._execute([calls[i] for i in missing])
-                for i, reply in zip(missing, again, strict=True):
-                    replies[i] = reply
+            replies = await self._replies(calls)
         except asyncio.CancelledError:
             for call in calls:
                 call.reply.cancel()
             raise
-        except Exception as exc:
+        except Exception as exc:  # nothing came back: none of them is known to have run
             replies = [exc] * len(calls)
         for call, reply in zip(calls, replies, strict=True):
             if call.reply.done():  # its caller was cancelled after it went out
@@ -97,6 +90,20 @@ class ScriptCalls:
                 call.reply.set_exception(reply)
             else:
                 call.reply.set_result(reply)
+
+    async def _replies(self, calls: list[_Call]) -> list[Any]:
+        replies = await self._execute(calls)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # the server lost its script cache (a restart, SCRIPT FLUSH): load, resend
+            try:
+                for name in {calls[i].name for i in missing}:
+                    await self._client.script_load(self._sources[name])
+                again = await self._execute([calls[i] for i in missing])
+            except Exception as exc:  # only the resent calls failed; the others did run
+                again = [exc] * len(missing)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        return replies
 
     async def _execute(self, calls: list[_Call]) -> list[Any]:
         if len(calls) == 1:

@@ -18,11 +18,12 @@ Channels: ``N:msg:W`` (a message was written for W) and ``N:due`` (an alarm was 
 
 Every write of a driver is one Lua script (EVALSHA, reloaded on NOSCRIPT) that checks the
 lease when the driver is fenced, then updates the hash and the index together, so a batch is
-atomic and costs one round trip, shared with the other script calls made in the same
-event-loop turn (``_redis_batching``). ``create_workflow`` and ``finish_run`` are one script each
-too, touching a workflow's keys and the store's together. ``claim_due`` derives each claimed
-workflow's keys (lease, kv, ix) from alarm members inside its script, and ``finish_run``
-derives the previous state's set, so the store needs a single Redis primary (not a cluster).
+atomic and costs one round trip, which it shares with the calls other runs make meanwhile
+(one pipeline on the wire at a time, ``_redis_batching``). ``create_workflow`` and
+``finish_run`` are one script each too, touching a workflow's keys and the store's
+together. ``claim_due`` derives each claimed workflow's keys (lease, kv, ix) from alarm
+members inside its script, and ``finish_run`` derives the previous state's set, so the store
+needs a single Redis primary (not a cluster).
 """
 
 from __future__ import annotations

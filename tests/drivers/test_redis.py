@@ -157,6 +157,37 @@ async def test_a_batched_round_trip_survives_a_flushed_script_cache(
     assert [await driver.get(b"k") for driver in drivers] == [b"%d" % i for i in range(5)]
 
 
+async def test_a_failed_script_reload_fails_only_the_calls_that_needed_it(
+    store: RedisStore, admin: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer, lister = store.driver("reload-writer"), store.driver("reload-lister")
+    await writer.set(b"warm", b"up")
+    await admin.script_flush()
+    await admin.script_load(scripts.WRITE)  # the write script is back, the list one is not
+
+    async def refused(*_: Any) -> Any:
+        raise redis_driver.RedisError("connection lost while loading")
+
+    monkeypatch.setattr(store._client, "script_load", refused)
+    outcomes: dict[str, Any] = {}
+
+    async def write() -> None:
+        await writer.set(b"k", b"v")
+        outcomes["write"] = "written"
+
+    async def read() -> None:
+        with pytest.raises(StorageError, match="list") as caught:
+            await lister.list(b"")
+        outcomes["list"] = caught.value
+
+    async with anyio.create_task_group() as tg:  # one pipeline: both in the same turn
+        tg.start_soon(write)
+        tg.start_soon(read)
+    assert outcomes["write"] == "written"
+    assert "connection lost while loading" in str(outcomes["list"])
+    assert await writer.get(b"k") == b"v"
+
+
 async def test_a_call_cancelled_before_it_went_out_is_never_sent(store: RedisStore) -> None:
     drivers = [store.driver(f"cancel-{i}") for i in range(5)]
     async with anyio.create_task_group() as tg:
