@@ -223,19 +223,28 @@ async def test_a_later_call_never_overtakes_one_already_sent(
 
 
 async def test_close_waits_for_calls_already_sent() -> None:
+    # Otherwise close() returns with calls still to go out, which would reopen a connection
+    # after the store was closed.
     namespace = unique_name("redis")
     store = await RedisStore.connect(REDIS_URL, namespace=namespace)
-    drivers = [store.driver(f"closing-{i}") for i in range(5)]
+    events: list[str] = []
+
+    async def write(i: int) -> None:
+        await store.driver(f"closing-{i}").set(b"k", b"%d" % i)
+        events.append(f"written {i}")
+
     async with anyio.create_task_group() as tg:
-        for i, driver in enumerate(drivers):
-            tg.start_soon(driver.set, b"k", b"%d" % i)
+        for i in range(5):
+            tg.start_soon(write, i)
         await anyio.sleep(0)  # the calls are handed over, their replies not yet in
         await store.close()
+        events.append("closed")
     async with await RedisStore.connect(REDIS_URL, namespace=namespace) as reopened:
         try:
             got = [await reopened.driver(f"closing-{i}").get(b"k") for i in range(5)]
         finally:
             await delete_namespace(reopened)
+    assert events[-1] == "closed" and sorted(events[:-1]) == [f"written {i}" for i in range(5)]
     assert got == [b"%d" % i for i in range(5)]
 
 
