@@ -24,44 +24,13 @@ from engine.constants import (
 from engine.errors import EntryInProgressError, HistoryDivergedError
 from engine.keys import Location
 from engine.ops import branches, loop, queue, removed, rollback, sleep, step
+from engine.ops.branches import RaceResult
 from engine.ops.loop import LoopResult
-from engine.ops.step import StepOptions
 from engine.run import Run
+from engine.site import Site
 from engine.storage import Node
 
 T = TypeVar("T")
-
-KINDS = ("step", "sleep", "message", "join", "race", "loop", "checkpoint", "removed")
-REMOVABLE = ("step", "loop", "sleep", "message", "join", "race")
-
-
-class Site:
-    """Where one operation sits: its location, its node, and the scope it belongs to."""
-
-    __slots__ = ("ctx", "kind", "location", "name", "node", "pos")
-
-    def __init__(
-        self, ctx: WorkflowContext, name: str, kind: str, location: Location, node: Node, pos: int
-    ) -> None:
-        self.ctx = ctx
-        self.name = name
-        self.kind = kind
-        self.location = location
-        self.node = node
-        self.pos = pos
-
-    @property
-    def run(self) -> Run:
-        return self.ctx.run
-
-    @property
-    def path(self) -> str:
-        return self.ctx.run.path(self.location)
-
-    def record(self, entry: dict[str, Any]) -> None:
-        entry["k"] = self.kind
-        entry["p"] = self.pos
-        self.ctx.run.storage.record_entry(self.location, self.ctx.scope_node, self.node, entry)
 
 
 class Queue:
@@ -81,8 +50,7 @@ class Queue:
         """Wait for ``count`` messages whose name is in ``names`` (any when None), FIFO."""
         ctx = self._ctx
         wanted = queue.validate(ctx.run, name, names, count, timeout)
-        site = ctx._begin(name, "message")
-        return ctx._finish(site, queue.run_next, wanted, count, timeout)
+        return queue.run_next(ctx._begin(name, "message"), wanted, count, timeout)
 
 
 class WorkflowContext:
@@ -131,7 +99,7 @@ class WorkflowContext:
         rollback: Callable[[Any, Any], Awaitable[None]] | None = None,
     ) -> Coroutine[Any, Any, T]:
         """Run ``fn`` once and record its output; on replay return the recorded output."""
-        options = StepOptions.checked(
+        options = step.validate(
             self.run,
             name,
             fn,
@@ -142,36 +110,31 @@ class WorkflowContext:
             ephemeral,
             rollback,
         )
-        site = self._begin(name, "step")
-        return self._finish(site, step.run_step, fn, options)
+        return step.run_step(self._begin(name, "step"), fn, options)
 
     def sleep(self, name: str, seconds: float) -> Coroutine[Any, Any, None]:
         """Wait ``seconds``: in memory when short, otherwise by yielding until an alarm."""
-        sleep.check_seconds(self.run, name, seconds)
-        site = self._begin(name, "sleep")
-        return self._finish(site, sleep.run_sleep, lambda now: now + seconds)
+        sleep.validate(self.run, name, seconds, "seconds")
+        return sleep.run_sleep(self._begin(name, "sleep"), seconds=seconds)
 
     def sleep_until(self, name: str, timestamp: float) -> Coroutine[Any, Any, None]:
         """Wait until the Unix time ``timestamp`` (a past time returns at once)."""
-        sleep.check_timestamp(self.run, name, timestamp)
-        site = self._begin(name, "sleep")
-        return self._finish(site, sleep.run_sleep, lambda _now: timestamp)
+        sleep.validate(self.run, name, timestamp, "timestamp")
+        return sleep.run_sleep(self._begin(name, "sleep"), until=timestamp)
 
     def join(
         self, name: str, branches_: Mapping[str, Callable[[WorkflowContext], Awaitable[Any]]]
     ) -> Coroutine[Any, Any, dict[str, Any]]:
         """Run every branch concurrently, each in its own scope; all settle."""
-        branches.check(self.run, name, branches_, "join")
-        site = self._begin(name, "join")
-        return self._finish(site, branches.run_join, dict(branches_))
+        branches.validate(self.run, name, branches_, "join")
+        return branches.run_join(self._begin(name, "join"), dict(branches_))
 
     def race(
         self, name: str, branches_: Mapping[str, Callable[[WorkflowContext], Awaitable[Any]]]
-    ) -> Coroutine[Any, Any, branches.RaceResult]:
+    ) -> Coroutine[Any, Any, RaceResult]:
         """Run every branch concurrently; the first to complete wins, the rest are cancelled."""
-        branches.check(self.run, name, branches_, "race")
-        site = self._begin(name, "race")
-        return self._finish(site, branches.run_race, dict(branches_))
+        branches.validate(self.run, name, branches_, "race")
+        return branches.run_race(self._begin(name, "race"), dict(branches_))
 
     def loop(
         self,
@@ -184,26 +147,24 @@ class WorkflowContext:
         history_keep: int | None = None,
     ) -> Coroutine[Any, Any, Any]:
         """Iterate ``run`` durably; returns the value of ``Loop.break_``."""
-        options = loop.LoopOptions.checked(
-            self.run, name, commit_interval, history_every, history_keep
-        )
-        site = self._begin(name, "loop")
-        return self._finish(site, loop.run_loop, run, state, options)
+        options = loop.validate(self.run, name, commit_interval, history_every, history_keep)
+        return loop.run_loop(self._begin(name, "loop"), run, state, options)
 
     def rollback_checkpoint(self, name: str) -> Coroutine[Any, Any, None]:
         """Enable rollback handlers for the steps after this point."""
-        site = self._begin(name, "checkpoint")
-        return self._finish(site, rollback.run_checkpoint)
+        return rollback.run_checkpoint(self._begin(name, "checkpoint"))
 
     def removed(self, name: str, original_type: str) -> Coroutine[Any, Any, None]:
         """Stand in for an operation deleted from the code, holding its history position."""
-        removed.check(self.run, name, original_type, REMOVABLE)
+        removed.validate(self.run, name, original_type)
         site = self._begin(name, "removed", accept=(original_type, "removed"))
-        return self._finish(site, removed.run_removed, original_type)
+        return removed.run_removed(site, original_type)
 
     # Guards, written once
 
-    def _begin(self, name: str, kind: str, accept: tuple[str, ...] | None = None) -> Site:
+    def _begin(
+        self, name: str, kind: str, accept: tuple[str, ...] | None = None
+    ) -> Site[WorkflowContext]:
         run = self.run
         if run.scheduler.stopped:
             run.scheduler.check_stop()
@@ -219,7 +180,7 @@ class WorkflowContext:
                 "(use ctx.join for concurrency)"
             )
         storage = run.storage
-        index = storage.names.intern(name, storage.pending)
+        index = storage.intern(name)
         location = (*self.scope, index)
         if name in self._used:
             raise HistoryDivergedError(
@@ -230,7 +191,7 @@ class WorkflowContext:
         recorded = self.scope_node.ordered()
         if pos < len(recorded):
             held = recorded[pos]
-            held_kind = held.entry["k"] if held.entry else "?"
+            held_kind = held.entry.kind if held.entry else "?"
             if held.segment != index or (
                 held_kind != kind and (accept is None or held_kind not in accept)
             ):
@@ -252,15 +213,9 @@ class WorkflowContext:
         kind, name = self._busy
         return f"{kind} {name!r}"
 
-    async def _finish(self, site: Site, operation: Callable[..., Awaitable[T]], *args: Any) -> T:
-        # The operation's coroutine is made only when awaited: a forgotten await leaves no
-        # half-started operation behind, just the busy flag the next operation reports.
-        try:
-            if self.run.storage.owed:
-                await self.run.storage.flush()  # an earlier step's output lands first
-            return await operation(site, *args)
-        finally:
-            self._busy = None
+    def release(self) -> None:
+        """The operation in flight ended: the scope is free for its next one."""
+        self._busy = None
 
     def child(self, scope: Location, scope_node: Node, branch: bool = False) -> WorkflowContext:
         """A context for a nested scope (branch or loop iteration) of the same run."""
@@ -280,7 +235,7 @@ class WorkflowContext:
             location = (*self.scope, held.segment)
             raise HistoryDivergedError(
                 f"history diverged in workflow {run.workflow_id!r} at {run.path(location)}: "
-                f"history holds {held.entry['k'] if held.entry else '?'} "
+                f"history holds {held.entry.kind if held.entry else '?'} "
                 f"{run.storage.names.name(held.segment)!r} at position {self._cursor} of "
                 f"{run.path(self.scope)}, the code ended the scope without it "
                 "(use ctx.removed for a deleted operation)"

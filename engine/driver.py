@@ -57,21 +57,6 @@ class Notifier(Protocol):
     async def notify(self, workflow_id: str) -> None: ...
 
 
-@runtime_checkable
-class RunFinisher(Protocol):
-    """Optional driver hook: end a run in one atomic call (a worker's claimed run).
-
-    Receives the run's last writes, the state it ended in and its next wake-up (None: it
-    needs none), instead of a ``batch`` followed by ``set_alarm`` or ``clear_alarm``. A
-    worker's driver uses it to write, update the index, settle the alarm it claimed and
-    release its lease at once.
-    """
-
-    async def finish_run(
-        self, writes: Sequence[tuple[bytes, bytes | None]], state: str, wake_at: float | None
-    ) -> None: ...
-
-
 # The engine asks these on every run. ``isinstance`` against a runtime-checkable protocol
 # walks the protocol's members on each call (~5 us on Python 3.11, several times a run);
 # the check is the same, an attribute look-up, so the engine asks it directly.
@@ -83,7 +68,3 @@ def is_wake_source(driver: object) -> TypeGuard[WakeSource]:
 
 def is_notifier(driver: object) -> TypeGuard[Notifier]:
     return callable(getattr(driver, "notify", None))
-
-
-def is_run_finisher(driver: object) -> TypeGuard[RunFinisher]:
-    return callable(getattr(driver, "finish_run", None))

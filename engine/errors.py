@@ -7,6 +7,8 @@ must yield, a message that has not arrived, an eviction) derive from ``BaseExcep
 
 from __future__ import annotations
 
+from engine.records import ErrorRecord
+
 
 class WorkflowError(Exception):
     """Raised for any error the engine reports; the root of the engine's error types."""
@@ -72,7 +74,9 @@ class SerializationError(WorkflowError):
 
 
 class CorruptedRecordError(WorkflowError):
-    """Raised when a stored record cannot be decoded (wrong format version or damaged bytes)."""
+    """Raised when a stored record cannot be read: damaged bytes, an unknown format version,
+    or a record of the wrong type or shape. Names the workflow and the record; a run that
+    meets one writes nothing and never records it as the workflow's failure."""
 
 
 class StorageError(WorkflowError):
@@ -93,11 +97,7 @@ class EvictedError(BaseException):
     """Raised inside the workflow at its next operation after ``evict()`` or ``cancel()``."""
 
 
-class _Suspend(BaseException):
-    """Base of the internal signals that end a run early so it can resume later."""
-
-
-class SuspendSignal(_Suspend):
+class SuspendSignal(BaseException):
     """Raised at every waiting operation when the whole run must yield (yield mode)."""
 
 
@@ -109,47 +109,29 @@ def single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return group
 
 
-def first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first error in ``group``, however nested: for concurrent calls that fail alike
-    (every list of a load fails the same way when the store is down)."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
-
-
-def error_record(exc: BaseException) -> dict[str, str]:
+def error_record(exc: BaseException) -> ErrorRecord:
     """What is stored about an error: its type name, message and traceback text."""
     import traceback
 
-    return {
-        "type": type(exc).__name__,
-        "module": type(exc).__module__,
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
+    return ErrorRecord(
+        type(exc).__name__,
+        type(exc).__module__,
+        str(exc),
+        "".join(traceback.format_exception(exc)),
+    )
 
 
-def rebuild_error(record: dict[str, str]) -> WorkflowError:
+def rebuild_error(record: ErrorRecord) -> WorkflowError:
     """The error a later run raises for a recorded one.
 
     An engine error comes back as its own type; anything else as ``WorkflowFailedError``
     carrying the recorded type name, message and traceback.
     """
-    cls = _ENGINE_ERRORS.get(record.get("type", "")) if record.get("module") == __name__ else None
-    message = record.get("message", "")
-    if cls is None or cls is WorkflowFailedError:
-        return WorkflowFailedError(
-            record.get("type", "Exception"), message, record.get("traceback", "")
-        )
-    error: WorkflowError
-    if issubclass(cls, _BranchErrors):
-        error = cls(message, {})
-    elif issubclass(cls, StorageError):
-        error = WorkflowFailedError(record["type"], message, record.get("traceback", ""))
-    else:
-        error = cls(message)
-    error.recorded_traceback = record.get("traceback", "")  # type: ignore[attr-defined]
+    cls = _ENGINE_ERRORS.get(record.type) if record.module == __name__ else None
+    if cls is None or cls is WorkflowFailedError or issubclass(cls, StorageError):
+        return WorkflowFailedError(record.type, record.message, record.traceback)
+    error = cls(record.message, {}) if issubclass(cls, _BranchErrors) else cls(record.message)
+    error.recorded_traceback = record.traceback  # type: ignore[attr-defined]
     return error
 
 

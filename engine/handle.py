@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from types import TracebackType
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
-from engine import codec, keys
-from engine.driver import EngineDriver, is_notifier
-from engine.keys import Field
+from engine.driver import EngineDriver
 from engine.run import ErrorHook, HistoryHook, Run
 from engine.runner import RunSpec, WorkflowFn, execute
 from engine.scheduler import Mode
 from engine.state import ErrorInfo, WorkflowResult, WorkflowState
-from engine.storage import Storage, encode_message, new_message_key
+from engine.storage import commands
 
 
 def run_workflow(
@@ -118,11 +115,7 @@ class WorkflowHandle:
             raise ValueError(
                 f"workflow {self.workflow_id!r}: message name must be a non-empty string"
             )
-        record = encode_message(name, data, self.workflow_id)
-        await self._driver.batch([(new_message_key(), record)])
-        await self._driver.set_alarm(self.workflow_id, time.time())
-        if is_notifier(self._driver):
-            await self._driver.notify(self.workflow_id)
+        await commands.send_message(self._driver, self.workflow_id, name, data)
         if self._run is not None:
             await self._run.scheduler.notify_messages()
 
@@ -132,7 +125,7 @@ class WorkflowHandle:
             await self._run.scheduler.notify_messages()
             self._run.scheduler.wake_all()
         else:
-            await self._driver.set_alarm(self.workflow_id, time.time())
+            await commands.request_run(self._driver, self.workflow_id)
 
     def evict(self) -> None:
         """Graceful stop: a running step finishes and keeps its output; the run stops at the
@@ -143,11 +136,7 @@ class WorkflowHandle:
 
     async def cancel(self) -> None:
         """Stop for good: state ``cancelled``, alarm cleared; later runs skip the function."""
-        state_key = keys.field_key(Field.STATE)
-        await self._driver.batch(
-            [(state_key, codec.encode(WorkflowState.CANCELLED.value, "state"))]
-        )
-        await self._driver.clear_alarm(self.workflow_id)
+        await commands.cancel(self._driver, self.workflow_id)
         if self._run is not None:
             self._run.stop(cancelled=True)
 
@@ -158,42 +147,21 @@ class WorkflowHandle:
         workflow error is cleared. With a rollback that failed part-way, the next run retries
         the remaining handlers (the steps are not re-run: they were compensated).
         """
-        storage = Storage(self._driver, self.workflow_id)
-        await storage.load()
-        if Field.ROLLBACK_ERROR in storage.fields:
-            storage.delete_field(Field.ROLLBACK_ERROR)
-            storage.set_field(Field.STATE, WorkflowState.ROLLING_BACK.value)
-        else:
-            for location, node in storage.walk():
-                if node.meta is not None and node.meta.get("st") in ("exhausted", "failed"):
-                    storage.record_meta(location, node, {"st": "recovered", "a": 0})
-            storage.delete_field(Field.ERROR)
-            storage.set_field(Field.STATE, WorkflowState.PENDING.value)
-        await storage.flush()
-        await self._driver.set_alarm(self.workflow_id, time.time())
+        await commands.recover(self._driver, self.workflow_id)
 
     # Reading
 
-    async def _field(self, field: Field) -> Any:
-        raw = await self._driver.get(keys.field_key(field))
-        return (
-            None
-            if raw is None
-            else codec.decode(raw, f"workflow {self.workflow_id!r} {field.name.lower()}")
-        )
-
     async def get_state(self) -> WorkflowState:
-        value = await self._field(Field.STATE)
-        return WorkflowState(value) if value is not None else WorkflowState.PENDING
+        return await commands.read_state(self._driver, self.workflow_id)
 
     async def get_output(self) -> Any:
-        return await self._field(Field.OUTPUT)
+        return await commands.read_output(self._driver, self.workflow_id)
 
     async def get_error(self) -> ErrorInfo | None:
         """What failed the workflow (type name, message, traceback text); None unless failed."""
         if await self.get_state() != WorkflowState.FAILED:
             return None
-        record = await self._field(Field.ERROR)
+        record = await commands.read_error(self._driver, self.workflow_id)
         if record is None:
             return None
-        return ErrorInfo(record["type"], record["message"], record["traceback"])
+        return ErrorInfo(record.type, record.message, record.traceback)

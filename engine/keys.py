@@ -66,8 +66,7 @@ class Field(IntEnum):
     OUTPUT = 3
     ERROR = 4
     NAME = 5
-    VERSION = 6
-    ROLLBACK_ERROR = 7
+    ROLLBACK_ERROR = 7  # 6 was a version field that was never written
 
 
 def _escape(raw: bytes) -> bytes:
@@ -177,9 +176,11 @@ def name_key(index: int) -> bytes:
 
 
 def parse_name_key(key: bytes) -> int:
-    (index,) = parse_location(key, len(NAMES_PREFIX))
-    assert isinstance(index, int)
-    return index
+    """Index of a ``name_key``; raises ``ValueError`` for anything else."""
+    location = parse_location(key, len(NAMES_PREFIX))
+    if len(location) != 1 or type(location[0]) is not int:
+        raise ValueError(f"malformed name key {key!r}")
+    return location[0]
 
 
 def history_key(location: Location) -> bytes:
@@ -208,6 +209,8 @@ def parse_location(data: bytes, start: int = 0) -> Location:
     end = len(data)
     if end - start == 2 and data[start] == _INT_ZERO + 1:
         return (data[start + 1],)  # one small name index: most history keys
+    if end - start == 3 and data[start] == _INT_ZERO + 2:
+        return ((data[start + 1] << 8) | data[start + 2],)  # one of the next 65,280 names
     if end - start == 4 and data[start] == data[start + 2] == _INT_ZERO + 1:
         return (data[start + 1], data[start + 3])
     out: list[int | tuple[int]] = []
@@ -243,9 +246,11 @@ def field_key(field: Field) -> bytes:
 
 
 def parse_field_key(key: bytes) -> Field:
-    _, field = unpack(key)
-    assert isinstance(field, int)
-    return Field(field)
+    """The field of a ``field_key``; raises ``ValueError`` for an unknown one."""
+    elements = unpack(key)
+    if len(elements) != 2 or type(elements[1]) is not int:
+        raise ValueError(f"malformed field key {key!r}")
+    return Field(elements[1])
 
 
 def prefix_key(prefix: Prefix) -> bytes:

@@ -2,24 +2,26 @@
 
 A location is a tuple of segments: a name index (``int``) for a named operation or branch,
 or a loop-iteration marker, the 1-tuple ``(iteration,)``. Names are interned to small ints
-so keys stay short however long the user's names are; a new name is persisted in the same
-batch as the entry that introduced it.
+so keys stay short however long the user's names are; storage persists a new name in the
+same batch as the entry that introduced it.
 """
 
 from __future__ import annotations
 
-from engine import codec, keys
 from engine.keys import Location
 
 ROOT: Location = ()
 
 
 class NameRegistry:
-    """Names interned to indices; new names are handed to storage to write with the entry."""
+    """Names interned to indices (storage writes a new name's record with its entry)."""
 
     def __init__(self) -> None:
         self._names: list[str] = []
         self._index: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._names)
 
     def load(self, index: int, name: str) -> None:
         if index == len(self._names):
@@ -29,14 +31,15 @@ class NameRegistry:
             self._names[index] = name
         self._index[name] = index
 
-    def intern(self, name: str, pending: dict[bytes, bytes | None]) -> int:
-        """Index of ``name``; a first use queues the name's record in ``pending``."""
-        index = self._index.get(name)
-        if index is None:
-            index = len(self._names)
-            self._names.append(name)
-            self._index[name] = index
-            pending[keys.name_key(index)] = codec.encode(name, "name registry entry")
+    def index(self, name: str) -> int | None:
+        """The index of a known name, None for a new one."""
+        return self._index.get(name)
+
+    def add(self, name: str) -> int:
+        """Give a new name the next index."""
+        index = len(self._names)
+        self._names.append(name)
+        self._index[name] = index
         return index
 
     def name(self, index: int) -> str:

@@ -53,6 +53,7 @@ class Run:
     aborted: anyio.Event = field(default_factory=anyio.Event)
     cancelled: bool = False
     checkpoint_seen: bool = False
+    armed_at: float | None = None  # the alarm live mode set during this run
     rollback_handlers: list[RollbackHandler] = field(default_factory=list)
 
     def path(self, location: Location) -> str:

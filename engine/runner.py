@@ -29,25 +29,29 @@ import anyio
 from anyio.abc import TaskStatus
 
 from engine.context import WorkflowContext
-from engine.driver import EngineDriver, WakeSource, is_run_finisher, is_wake_source
+from engine.driver import EngineDriver, WakeSource, is_wake_source
 from engine.errors import (
     EvictedError,
     HistoryDivergedError,
     StorageError,
     SuspendSignal,
+    WorkflowFailedError,
     error_record,
     rebuild_error,
     single,
 )
-from engine.keys import Field
 from engine.location import ROOT
 from engine.ops.rollback import run_handlers
+from engine.records import MISSING
 from engine.run import ErrorEvent, ErrorHook, HistoryHook, Run, call_hook
 from engine.scheduler import Mode, Scheduler
 from engine.state import WorkflowResult, WorkflowState
 from engine.storage import Storage, Writes
 
 WorkflowFn = Callable[[WorkflowContext, Any], Awaitable[Any]]
+Finisher = Callable[[Writes, WorkflowState, "float | None"], Awaitable[None]]
+"""Ends a claimed run in one atomic store call: its last writes, its state, its next
+wake-up (None: it needs none); see ``WorkerStore.finish_run``."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class RunSpec:
     on_history_updated: HistoryHook | None
     on_error: ErrorHook | None
     snapshot: Sequence[tuple[bytes, bytes]] | None = None  # the namespace, already read
+    finish: Finisher | None = None  # a worker's claimed run ends through the store
 
 
 async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> WorkflowResult:
@@ -68,23 +73,31 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
     storage = Storage(spec.driver, wid)
     await storage.load(spec.snapshot)
     fields = storage.fields
-    state = WorkflowState(fields.get(Field.STATE, WorkflowState.PENDING))
+    state = fields.state or WorkflowState.PENDING
     if state == WorkflowState.COMPLETED:
-        return WorkflowResult(wid, state, output=fields.get(Field.OUTPUT))
+        output = None if fields.output is MISSING else fields.output
+        return WorkflowResult(wid, state, output=output)
     if state == WorkflowState.CANCELLED:
         return WorkflowResult(wid, state)
     resume_rollback = state == WorkflowState.ROLLING_BACK or (
-        state == WorkflowState.FAILED and Field.ROLLBACK_ERROR in fields
+        state == WorkflowState.FAILED and fields.rollback_error is not None
     )
     if state == WorkflowState.FAILED and not resume_rollback:
-        raise rebuild_error(fields[Field.ERROR])
-    if Field.INPUT not in fields:
+        raise _recorded_failure(storage)
+    if fields.input is MISSING:
         # The first run sees the input exactly as later runs will: through the codec.
-        storage.set_value_field(Field.INPUT, spec.input)
+        storage.set_input(spec.input)
     if not resume_rollback:
-        storage.set_field(Field.STATE, WorkflowState.RUNNING.value)
+        storage.set_state(WorkflowState.RUNNING)
 
-    run = Run(wid, storage, _scheduler(spec, storage), spec.on_error)
+    scheduler = Scheduler(
+        spec.mode,
+        spec.driver.worker_poll_interval,
+        storage.refresh_messages,
+        lambda earliest: _arm_while_live(run, spec, earliest),
+        message_poll=not is_wake_source(spec.driver),
+    )
+    run = Run(wid, storage, scheduler, spec.on_error)
 
     async def flushed() -> None:
         await call_hook(spec.on_history_updated, wid, "on_history_updated")
@@ -93,32 +106,18 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
         storage.on_flushed = flushed
     attach(run)
     try:
-        kind, value = await _call(run, spec, fields[Field.INPUT])
+        kind, value = await _call(run, spec, fields.input)
         return await _settle(run, spec, kind, value, resume_rollback)
     finally:
         attach(None)
 
 
-def _scheduler(spec: RunSpec, storage: Storage) -> Scheduler:
-    armed: list[float | None] = [None]
-
-    async def on_live_idle(earliest: float | None) -> None:
-        # Everything is waiting in memory: make what happened durable, and arm the alarm so
-        # that a crash now is resumed by whoever owns the store.
-        await storage.flush()
-        if earliest is not None and armed[0] != earliest:
-            await spec.driver.set_alarm(spec.workflow_id, earliest)
-            armed[0] = earliest
-            scheduler.armed_alarm = True
-
-    scheduler = Scheduler(
-        spec.mode,
-        spec.driver.worker_poll_interval,
-        storage.refresh_messages,
-        on_live_idle,
-        message_poll=not is_wake_source(spec.driver),
-    )
-    return scheduler
+def _recorded_failure(storage: Storage) -> BaseException:
+    """The error a failed workflow was recorded with, raised again by every later run."""
+    error = storage.fields.error
+    if error is None:
+        return WorkflowFailedError("unknown", "the workflow failed with no error recorded")
+    return rebuild_error(error)
 
 
 async def _call(run: Run, spec: RunSpec, input_value: Any) -> tuple[str, Any]:
@@ -174,27 +173,22 @@ async def _settle(
     if kind == "completed" and resume_rollback:
         # Replay of a failed workflow got further than the failure: run the remaining
         # handlers anyway and keep the recorded error.
-        return await _fail(run, spec, rebuild_error(storage.fields[Field.ERROR]), True)
+        return await _fail(run, spec, _recorded_failure(storage), True)
     if kind == "completed":
         try:
-            output = storage.set_value_field(Field.OUTPUT, value)
+            output = storage.set_output(value)
         except Exception as exc:
             kind, value = "failed", exc
         else:
-            # Without an earlier start, a message or an alarm armed by this run, no alarm
-            # can exist. (A message sent in the very last instant may leave one: a worker
-            # then replays the completed workflow once.)
-            clear = storage.seen_before or storage.saw_messages or run.scheduler.armed_alarm
-            await _end(run, spec, WorkflowState.COMPLETED, None, clear_alarm=clear)
+            await _end(run, spec, WorkflowState.COMPLETED, None)
             return WorkflowResult(wid, WorkflowState.COMPLETED, output=output)
     if kind == "suspended":
         deadline = run.scheduler.suspend_deadline
-        # A wait for messages alone arms nothing: whoever sends one sets the alarm.
-        await _end(run, spec, WorkflowState.SLEEPING, deadline, clear_alarm=False)
+        await _end(run, spec, WorkflowState.SLEEPING, deadline)
         return WorkflowResult(wid, WorkflowState.SLEEPING, wake_at=deadline)
     if kind == "stopped":
         if run.cancelled:
-            await _end(run, spec, WorkflowState.CANCELLED, None, clear_alarm=True)
+            await _end(run, spec, WorkflowState.CANCELLED, None)
             return WorkflowResult(wid, WorkflowState.CANCELLED)
         return await _evicted(run, spec)
     return await _fail(run, spec, value, resume_rollback)
@@ -208,46 +202,64 @@ async def _fail(run: Run, spec: RunSpec, error: BaseException, resumed: bool) ->
         # A divergence means the code no longer matches history: compensating based on a
         # partial replay could undo the wrong things, so it is left to a human (recover()).
         try:
-            rollback_error = await run_handlers(run, WorkflowState.ROLLING_BACK.value)
+            rollback_error = await run_handlers(run)
         except EvictedError:
             return await _evicted(run, spec)
-        if rollback_error is None and Field.ROLLBACK_ERROR in storage.fields:
-            storage.delete_field(Field.ROLLBACK_ERROR)
-    if not resumed or Field.ERROR not in storage.fields:
-        storage.set_field(Field.ERROR, error_record(error))
-    await _end(run, spec, WorkflowState.FAILED, None, clear_alarm=True)
+        if rollback_error is None and storage.fields.rollback_error is not None:
+            storage.set_rollback_error(None)
+    if not resumed or storage.fields.error is None:
+        storage.set_error(error_record(error))
+    await _end(run, spec, WorkflowState.FAILED, None)
     raise error
 
 
 async def _evicted(run: Run, spec: RunSpec) -> WorkflowResult:
     """Stopped from outside: keep what happened and be due now for whoever runs it next."""
-    state = WorkflowState(run.storage.fields.get(Field.STATE, WorkflowState.PENDING))
-    await _end(run, spec, state, time.time(), clear_alarm=False)
+    state = run.storage.fields.state or WorkflowState.PENDING
+    await _end(run, spec, state, time.time())
     return WorkflowResult(spec.workflow_id, state, evicted=True)
 
 
-async def _end(
-    run: Run, spec: RunSpec, state: WorkflowState, wake_at: float | None, *, clear_alarm: bool
-) -> None:
-    """Record ``state`` with the run's last writes, then arm the alarm for ``wake_at`` or
-    (``clear_alarm``) clear it. A driver that finishes runs itself (a worker's claim) gets
-    all of it in one atomic call, and settles its alarm by its own rule."""
+async def _end(run: Run, spec: RunSpec, state: WorkflowState, wake_at: float | None) -> None:
+    """Record ``state`` with the run's last writes and settle the alarm: the runner's one
+    place for the alarm policy.
+
+    - a run that will want to run again (sleeping until ``wake_at``, evicted: now) arms the
+      alarm for then; a wait for messages alone arms nothing (whoever sends one does);
+    - a run that ended for good clears it; a completed one only if an alarm can exist (an
+      earlier start, a message seen, one armed by this run: a message sent in the very
+      last instant may leave one, whose run then finds the workflow done);
+    - a worker's claimed run (``spec.finish``) hands all of it to the store in one atomic
+      call, which settles the alarm it claimed by the store's own rule.
+    """
     storage = run.storage
-    storage.set_field(Field.STATE, state.value)  # no write when it is the stored state
-    driver = spec.driver
-    if is_run_finisher(driver):
-        finisher = driver
+    storage.set_state(state)  # no write when it is the stored state
+    if spec.finish is not None:
+        finish = spec.finish
 
-        async def finish(writes: Writes) -> None:
-            await finisher.finish_run(writes, state.value, wake_at)
+        async def last(writes: Writes) -> None:
+            await finish(writes, state, wake_at)
 
-        await storage.flush(last=finish)
+        await storage.flush(last=last)
         return
     await storage.flush()
+    driver = spec.driver
     if wake_at is not None:
         await driver.set_alarm(spec.workflow_id, wake_at)
-    elif clear_alarm:
+    elif state in (WorkflowState.FAILED, WorkflowState.CANCELLED) or (
+        state == WorkflowState.COMPLETED
+        and (storage.seen_before or storage.saw_messages or run.armed_at is not None)
+    ):
         await driver.clear_alarm(spec.workflow_id)
+
+
+async def _arm_while_live(run: Run, spec: RunSpec, earliest: float | None) -> None:
+    """Live mode, everything waiting in memory: make what happened durable and arm the alarm,
+    so that a crash now is resumed by whoever owns the store."""
+    await run.storage.flush()
+    if earliest is not None and run.armed_at != earliest:
+        await spec.driver.set_alarm(spec.workflow_id, earliest)
+        run.armed_at = earliest
 
 
 def _storage_failure(value: Any) -> BaseException:

@@ -61,7 +61,6 @@ class Scheduler:
         self.suspend_deadline: float | None = None
         self.waits_for_messages = False
         self.stopped = False
-        self.armed_alarm = False  # live mode set an alarm during this run
 
     # Accounting
 

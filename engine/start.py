@@ -1,7 +1,7 @@
 """``start_workflow``: record a workflow's name and input and make it due, once per id.
 
 One atomic store call (``WorkerStore.create_workflow``) adds the workflow to the index,
-writes ``Field.NAME`` and ``Field.INPUT`` into its namespace and sets its alarm for now, so
+writes the workflow's name and input into its namespace and sets its alarm for now, so
 a crash leaves either nothing (a retry starts it) or a workflow any worker can run.
 """
 
@@ -11,8 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engine import codec, keys
-from engine.keys import Field
+from engine.storage import commands
 from engine.store import Lease, WorkerStore
 
 
@@ -50,10 +49,6 @@ async def create(
         raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"workflow {workflow_id!r}: name must be a non-empty string")
-    # Encode before touching the store: an input that cannot be stored must leave no trace.
-    writes = [
-        (keys.field_key(Field.NAME), codec.encode(name, f"workflow {workflow_id!r} name")),
-        (keys.field_key(Field.INPUT), codec.encode(input, f"workflow {workflow_id!r} input")),
-    ]
+    writes = commands.start_writes(workflow_id, name, input)
     made = await store.create_workflow(workflow_id, name, writes, time.time(), owner, lease)
     return StartedWorkflow(workflow_id, made.name, made.created), made.lease

@@ -22,22 +22,22 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from engine import codec, keys
 from engine.constants import DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_WORKER_CONCURRENCY
 from engine.errors import CorruptedRecordError, LeaseLostError, StorageError
 from engine.handle import WorkflowHandle
-from engine.keys import Field
+from engine.records import MISSING
 from engine.run import ErrorEvent
 from engine.runner import RunSpec, WorkflowFn
 from engine.start import StartedWorkflow, create
 from engine.state import WorkflowState
+from engine.storage import Writes, commands
 from engine.store import Lease, WorkerStore
 
 logger = logging.getLogger("engine.worker")
@@ -315,8 +315,7 @@ class Worker:
         driver = self.store.fenced_driver(lease)
         try:
             rows = lease.rows if lease.rows is not None else await driver.list(b"")
-            fields = _fields(rows, wid)
-            name = fields.get(Field.NAME)
+            name, input_value = commands.started_as(rows, wid)
             if name is None:
                 info = await self.store.workflow_info(wid)
                 name = info[0] if info is not None else None
@@ -328,8 +327,8 @@ class Worker:
             self.stats.unknown += 1
             self._log(logging.ERROR, "unknown_workflow", wid, reason="unreadable", error=exc)
             return True
-        fn = self.workflows.get(name) if isinstance(name, str) else None
-        if fn is None or Field.INPUT not in fields:
+        fn = self.workflows.get(name) if name is not None else None
+        if fn is None or input_value is MISSING:
             # Never dropped, never failed: a deploy with that workflow may be on its way.
             self.stats.unknown += 1
             reason = "no input stored" if fn is not None else "no registered function"
@@ -338,15 +337,24 @@ class Worker:
         if self._stop.is_set() or slot.lost:
             return False
         self._log(logging.DEBUG, "claimed", wid, name=name, token=lease.token)
+
+        async def finish(writes: Writes, state: WorkflowState, wake_at: float | None) -> None:
+            # The run's last writes, its state in the index, the claimed alarm settled and
+            # the lease released: one atomic store call, so no crash leaves a finished
+            # workflow listed in its old state or a stale alarm behind.
+            await self.store.finish_run(slot.lease, writes, state.value, wake_at)
+            slot.finished = True
+
         spec = RunSpec(
             wid,
             fn,
-            fields[Field.INPUT],
-            _ClaimedRun(driver, self.store, slot),
+            input_value,
+            driver,
             "yield",
             None,
             self._on_error,
             snapshot=rows,
+            finish=finish,
         )
         handle = WorkflowHandle(spec)
         slot.handle = handle
@@ -520,40 +528,6 @@ class Worker:
                 "fields": fields,
             },
         )
-
-
-class _ClaimedRun:
-    """The fenced driver of a claimed run, which ends the run with ``finish_run``.
-
-    Ending through the store (``engine.driver.RunFinisher``) writes the run's last batch,
-    its state in the index, the settled alarm and the lease release atomically, so no
-    crash can leave a finished workflow listed in its old state or a stale alarm behind.
-    """
-
-    def __init__(self, inner: Any, store: WorkerStore, slot: _Slot) -> None:
-        self._inner = inner
-        self._store = store
-        self._slot = slot
-        self.worker_poll_interval = inner.worker_poll_interval
-
-    async def finish_run(
-        self, writes: Sequence[tuple[bytes, bytes | None]], state: str, wake_at: float | None
-    ) -> None:
-        await self._store.finish_run(self._slot.lease, writes, state, wake_at)
-        self._slot.finished = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
-def _fields(rows: Sequence[tuple[bytes, bytes]], wid: str) -> dict[Field, Any]:
-    """The name and input a claimed workflow was started with, out of its rows."""
-    wanted = {keys.field_key(Field.NAME): Field.NAME, keys.field_key(Field.INPUT): Field.INPUT}
-    return {
-        wanted[key]: codec.decode(raw, f"workflow {wid!r} {wanted[key].name.lower()}")
-        for key, raw in rows
-        if key in wanted
-    }
 
 
 def _counters(stats: WorkerStats) -> dict[str, int]:

@@ -20,11 +20,10 @@ registered again.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, Generic, NamedTuple
 
 import anyio
 
-from engine import codec
 from engine.errors import (
     EvictedError,
     HistoryDivergedError,
@@ -33,28 +32,23 @@ from engine.errors import (
     SuspendSignal,
     single,
 )
+from engine.records import JoinEntry, Metadata, RaceEntry, StepEntry
 from engine.run import Run
+from engine.site import S, Site
 from engine.storage import Node
-
-if TYPE_CHECKING:
-    from engine.context import Site, WorkflowContext
-
-BranchFn = Callable[["WorkflowContext"], Awaitable[Any]]
-
-
-# Branch statuses are constants: their records are encoded once, not once per branch.
-_STATUS_RECORDS = {
-    status: codec.encode({"st": status}, "branch status")
-    for status in ("running", "completed", "failed")
-}
 
 
 class RaceResult(NamedTuple):
+    """What ``ctx.race`` returns: the winning branch's name and its value."""
+
     winner: str
     value: Any
 
 
-def check(run: Run, name: str, branches: Mapping[str, BranchFn], kind: str) -> None:
+def validate(
+    run: Run, name: str, branches: Mapping[str, Callable[[Any], Awaitable[Any]]], kind: str
+) -> None:
+    """The branches of a join or race: a non-empty dict of name -> async fn(ctx)."""
     where = f"workflow {run.workflow_id!r} {kind} {name!r}"
     if not isinstance(branches, Mapping) or not branches:
         raise ValueError(f"{where}: branches must be a non-empty dict of name -> async fn(ctx)")
@@ -65,21 +59,20 @@ def check(run: Run, name: str, branches: Mapping[str, BranchFn], kind: str) -> N
             raise TypeError(f"{where}: branch {branch!r} must be an async callable fn(ctx)")
 
 
-def _check_recorded(site: Site, entry: dict[str, Any], names: list[str]) -> None:
-    if list(entry["b"]) != names:
+def _check_recorded(site: Site[S], entry: JoinEntry | RaceEntry, names: list[str]) -> None:
+    if entry.branches != names:
         raise HistoryDivergedError(
-            f"history diverged in {site.run.describe(site.location)}: history holds a "
-            f"{site.kind} of branches {list(entry['b'])}, the code asked for {names}"
+            f"history diverged in {site.describe()}: history holds a "
+            f"{site.kind} of branches {entry.branches}, the code asked for {names}"
         )
 
 
-class _Branch:
-    def __init__(self, site: Site, name: str) -> None:
-        storage = site.run.storage
-        self.index = storage.names.intern(name, storage.pending)
+class _Branch(Generic[S]):
+    def __init__(self, site: Site[S], name: str) -> None:
+        self.index = site.storage.intern(name)
         self.location = (*site.location, self.index)
         self.node: Node = site.node.child(self.index)
-        self.ctx = site.ctx.child(self.location, self.node, branch=True)
+        self.ctx: S = site.ctx.child(self.location, self.node, branch=True)
 
 
 class _Outcomes:
@@ -104,7 +97,9 @@ class _Outcomes:
             raise SuspendSignal()
 
 
-async def _run_branch(branch: _Branch, fn: BranchFn, outcomes: _Outcomes, name: str) -> bool:
+async def _run_branch(
+    branch: _Branch[S], fn: Callable[[S], Awaitable[Any]], outcomes: _Outcomes, name: str
+) -> bool:
     """Run one branch to its end; True when it completed."""
     try:
         value = await fn(branch.ctx)
@@ -124,23 +119,28 @@ async def _run_branch(branch: _Branch, fn: BranchFn, outcomes: _Outcomes, name: 
     return False
 
 
-async def run_join(site: Site, fns: dict[str, BranchFn]) -> dict[str, Any]:
+async def run_join(site: Site[S], fns: dict[str, Callable[[S], Awaitable[Any]]]) -> dict[str, Any]:
+    with site:
+        if site.storage.owed:
+            await site.storage.flush()  # an earlier step's output lands first
+        return await _join(site, fns)
+
+
+async def _join(site: Site[S], fns: dict[str, Callable[[S], Awaitable[Any]]]) -> dict[str, Any]:
     run = site.run
     names = list(fns)
     entry = site.node.entry
-    if entry is not None:
+    if isinstance(entry, JoinEntry):
         _check_recorded(site, entry, names)
     else:
-        site.record({"b": names})
+        site.record(JoinEntry(site.pos, names))
     outcomes = _Outcomes()
 
-    def set_status(branch: _Branch, status: str) -> None:
+    def set_status(branch: _Branch[S], status: str) -> None:
         # Each branch's status is its own small metadata record (no record means pending),
         # so a status change costs the same however many branches the join has.
-        if (branch.node.meta or {}).get("st") != status:
-            run.storage.record_meta(
-                branch.location, branch.node, {"st": status}, _STATUS_RECORDS[status]
-            )
+        if branch.node.meta is None or branch.node.meta.status != status:
+            run.storage.record_meta(branch.location, branch.node, Metadata(status))
 
     async def branch_task(name: str) -> None:
         try:
@@ -161,24 +161,30 @@ async def run_join(site: Site, fns: dict[str, BranchFn]) -> dict[str, Any]:
     outcomes.raise_signals()
     if outcomes.errors:
         raise JoinError(
-            f"{run.describe(site.location)}: {len(outcomes.errors)} of {len(names)} branches "
-            f"failed: "
+            f"{site.describe()}: {len(outcomes.errors)} of {len(names)} branches failed: "
             + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in outcomes.errors.items()),
             outcomes.errors,
         )
     return {name: outcomes.values[name] for name in names}
 
 
-async def run_race(site: Site, fns: dict[str, BranchFn]) -> RaceResult:
+async def run_race(site: Site[S], fns: dict[str, Callable[[S], Awaitable[Any]]]) -> RaceResult:
+    with site:
+        if site.storage.owed:
+            await site.storage.flush()  # an earlier step's output lands first
+        return await _race(site, fns)
+
+
+async def _race(site: Site[S], fns: dict[str, Callable[[S], Awaitable[Any]]]) -> RaceResult:
     run = site.run
     names = list(fns)
     entry = site.node.entry
-    if entry is not None:
+    if isinstance(entry, RaceEntry):
         _check_recorded(site, entry, names)
-        if entry.get("w") is not None:
+        if entry.winner is not None:
             return await _replay_winner(site, entry, fns)
     else:
-        site.record({"b": names, "w": None})
+        site.record(RaceEntry(site.pos, names))
     outcomes = _Outcomes()
     winner: list[str] = []
 
@@ -202,37 +208,31 @@ async def run_race(site: Site, fns: dict[str, BranchFn]) -> RaceResult:
     if not winner:
         outcomes.raise_signals()
         raise RaceError(
-            f"{run.describe(site.location)}: every branch failed: "
+            f"{site.describe()}: every branch failed: "
             + "; ".join(f"{n}: {type(e).__name__}: {e}" for n, e in outcomes.errors.items()),
             outcomes.errors,
         )
     name = winner[0]
-    encoded = codec.encode(
-        outcomes.values[name], f"{run.describe(site.location)} branch {name!r} output"
-    )
+    decided = site.record(RaceEntry(site.pos, names, name, outcomes.values[name]))
     for loser in names:
-        if loser != name:
-            index = run.storage.names.intern(loser, run.storage.pending)
-            run.storage.delete_subtree(site.node, index)
-    site.record({"b": names, "w": name, "o": encoded})
+        if loser != name:  # deleted in the batch that records the decision
+            run.storage.delete_subtree(site.node, run.storage.intern(loser))
     await run.storage.flush()
-    return RaceResult(name, codec.decode(encoded, f"{run.describe(site.location)} output"))
+    return RaceResult(name, decided.value)
 
 
-async def _replay_winner(site: Site, entry: dict[str, Any], fns: dict[str, BranchFn]) -> RaceResult:
-    name = entry["w"]
-    value = codec.decode(entry["o"], f"{site.run.describe(site.location)} output")
+async def _replay_winner(
+    site: Site[S], entry: RaceEntry, fns: dict[str, Callable[[S], Awaitable[Any]]]
+) -> RaceResult:
+    name = entry.winner
+    assert name is not None
     branch = _Branch(site, name)
-    if any(node.entry is not None and node.entry.get("rb") for _, node in _subtree(branch.node)):
+    if any(
+        isinstance(node.entry, StepEntry) and node.entry.seq is not None
+        for node in branch.node.subtree()
+    ):
         await fns[name](branch.ctx)  # every step replays; only rollback handlers are re-registered
-    return RaceResult(name, value)
-
-
-def _subtree(node: Node) -> list[tuple[Any, Node]]:
-    found = [(node.segment, node)]
-    for child in node.children.values():
-        found.extend(_subtree(child))
-    return found
+    return RaceResult(name, entry.value)
 
 
 class _Activity:

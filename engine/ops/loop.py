@@ -17,17 +17,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-from engine import codec
+from engine.records import IterationEntry, LoopEntry
 from engine.run import Run
+from engine.site import S, Site
 from engine.storage import Node
-
-if TYPE_CHECKING:
-    from engine.context import Site, WorkflowContext
 
 
 class LoopResult(NamedTuple):
+    """What a loop body returns; build it with ``Loop.continue_`` or ``Loop.break_``."""
+
     done: bool
     value: Any
 
@@ -50,55 +50,56 @@ class LoopOptions:
     history_every: int
     history_keep: int
 
-    @classmethod
-    def checked(
-        cls,
-        run: Run,
-        name: str,
-        commit_interval: int,
-        history_every: int | None,
-        history_keep: int | None,
-    ) -> LoopOptions:
-        where = f"workflow {run.workflow_id!r} loop {name!r}"
-        every = commit_interval if history_every is None else history_every
-        keep = commit_interval if history_keep is None else history_keep
-        for label, value, low in (
-            ("commit_interval", commit_interval, 1),
-            ("history_every", every, 1),
-            ("history_keep", keep, 0),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{where}: {label} must be an int >= {low}, got {value!r}")
-        if every % commit_interval != 0:
-            raise ValueError(
-                f"{where}: history_every ({every}) must be a multiple of commit_interval "
-                f"({commit_interval}); trimming between commits could delete the history of "
-                "iterations a crash would replay"
-            )
-        return cls(commit_interval, every, keep)
+
+def validate(
+    run: Run,
+    name: str,
+    commit_interval: int,
+    history_every: int | None,
+    history_keep: int | None,
+) -> LoopOptions:
+    """The options of ``ctx.loop``, checked; raises naming the workflow and the loop."""
+    where = f"workflow {run.workflow_id!r} loop {name!r}"
+    every = commit_interval if history_every is None else history_every
+    keep = commit_interval if history_keep is None else history_keep
+    for label, value, low in (
+        ("commit_interval", commit_interval, 1),
+        ("history_every", every, 1),
+        ("history_keep", keep, 0),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{where}: {label} must be an int >= {low}, got {value!r}")
+    if every % commit_interval != 0:
+        raise ValueError(
+            f"{where}: history_every ({every}) must be a multiple of commit_interval "
+            f"({commit_interval}); trimming between commits could delete the history of "
+            "iterations a crash would replay"
+        )
+    return LoopOptions(commit_interval, every, keep)
 
 
-async def run_loop(
-    site: Site,
-    body: Callable[[WorkflowContext, Any], Awaitable[LoopResult]],
-    initial_state: Any,
-    options: LoopOptions,
-) -> Any:
+Body = Callable[[S, Any], Awaitable[LoopResult]]
+
+
+async def run_loop(site: Site[S], body: Body[S], initial_state: Any, options: LoopOptions) -> Any:
+    with site:
+        if site.storage.owed:
+            await site.storage.flush()  # an earlier step's output lands first
+        return await _loop(site, body, initial_state, options)
+
+
+async def _loop(site: Site[S], body: Body[S], initial_state: Any, options: LoopOptions) -> Any:
     run = site.run
-    what = run.describe(site.location)
+    storage = run.storage
     entry = site.node.entry
-    if entry is not None:
-        await _replay_compensable(site, body, before=entry["i"])
-    if entry is not None and entry.get("d"):
-        return codec.decode(entry["o"], f"{what} result")
-    if entry is not None:
-        iteration = entry["i"]
-        encoded_state = entry["st"]
+    if isinstance(entry, LoopEntry):
+        await _replay_compensable(site, body, before=entry.iteration)
+        if entry.done:
+            return entry.result
+        iteration, state = entry.iteration, entry.state
     else:
         iteration = 0
-        encoded_state = codec.encode(initial_state, f"{what} state")
-        site.record({"i": 0, "st": encoded_state, "d": False})
-    state = codec.decode(encoded_state, f"{what} state")
+        state = site.record(LoopEntry(site.pos, 0, state=initial_state)).state
     while True:
         marker = (iteration,)
         iteration_node = site.node.child(marker)
@@ -107,29 +108,30 @@ async def run_loop(
         result = await body(iteration_ctx, state)
         if not isinstance(result, LoopResult):
             raise TypeError(
-                f"{what} iteration {iteration}: the body must return Loop.continue_(state) or "
-                f"Loop.break_(value), got {result!r}"
+                f"{site.describe()} iteration {iteration}: the body must return "
+                f"Loop.continue_(state) or Loop.break_(value), got {result!r}"
             )
         iteration_ctx.end_scope()
         if len(run.rollback_handlers) > registered and iteration_node.entry is None:
-            _record_input_state(site, marker, iteration_node, encoded_state)
+            _record_input_state(site, marker, iteration_node, state)
         iteration += 1
-        encoded = codec.encode(result.value, f"{what} {'result' if result.done else 'state'}")
         if result.done:
-            site.record({"i": iteration, "d": True, "o": encoded})
+            done = site.record(LoopEntry(site.pos, iteration, True, result=result.value))
             _trim(site, iteration - options.history_keep)
-            await run.storage.flush()
-            return codec.decode(encoded, f"{what} result")
-        encoded_state = encoded
-        state = codec.decode(encoded, f"{what} state")
+            await storage.flush()
+            return done.result
         if iteration % options.commit_interval == 0:
-            site.record({"i": iteration, "st": encoded, "d": False})
+            state = site.record(LoopEntry(site.pos, iteration, state=result.value)).state
             if iteration % options.history_every == 0:
                 _trim(site, iteration - options.history_keep)
-            await run.storage.flush()
+            await storage.flush()
+        else:
+            # Between commits the state is not written, but it is passed on exactly as a
+            # replay from the last commit would pass it.
+            state = storage.replayed(result.value, lambda: f"{site.describe()} state")
 
 
-def _record_input_state(site: Site, marker: tuple[int], node: Node, encoded_state: bytes) -> None:
+def _record_input_state(site: Site[S], marker: tuple[int], node: Node, state: Any) -> None:
     """Keep the state an iteration started from when it registered rollback handlers.
 
     A later run resumes the loop at its last commit (or returns a finished loop's value)
@@ -138,32 +140,29 @@ def _record_input_state(site: Site, marker: tuple[int], node: Node, encoded_stat
     iterations are replayed (no step executes) and their handlers registered; the entry is
     trimmed with the rest of the iteration's history.
     """
-    entry = {"k": "iteration", "p": marker[0], "st": encoded_state}
-    site.run.storage.record_entry((*site.location, marker), site.node, node, entry)
+    location = (*site.location, marker)
+    site.storage.record(location, site.node, node, IterationEntry(marker[0], state))
 
 
-async def _replay_compensable(
-    site: Site, body: Callable[[WorkflowContext, Any], Awaitable[LoopResult]], before: int
-) -> None:
+async def _replay_compensable(site: Site[S], body: Body[S], before: int) -> None:
     """Replay the retained iterations below ``before`` that registered rollback handlers."""
-    what = site.run.describe(site.location)
     kept = sorted(
         (segment, node)
         for segment, node in site.node.children.items()
         if isinstance(segment, tuple)
         and segment[0] < before
-        and node.entry is not None
-        and "st" in node.entry
+        and isinstance(node.entry, IterationEntry)
     )
     for segment, node in kept:
+        assert isinstance(node.entry, IterationEntry)
         iteration_ctx = site.ctx.child((*site.location, segment), node)
-        await body(iteration_ctx, codec.decode(node.entry["st"], f"{what} state"))  # type: ignore[index]
+        await body(iteration_ctx, node.entry.state)
         iteration_ctx.end_scope()
 
 
-def _trim(site: Site, before: int) -> None:
+def _trim(site: Site[S], before: int) -> None:
     """Delete the history of iterations numbered below ``before``."""
-    storage = site.run.storage
+    storage = site.storage
     for segment in list(site.node.children):
         if isinstance(segment, tuple) and segment[0] < before:
             storage.delete_subtree(site.node, segment)

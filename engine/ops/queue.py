@@ -11,18 +11,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from engine.records import MessageEntry, MessageRecord
 from engine.run import Run
-from engine.storage import Message
-
-if TYPE_CHECKING:
-    from engine.context import Site
+from engine.site import S, Site
 
 
 def validate(
     run: Run, name: str, names: Sequence[str] | None, count: int, timeout: float | None
 ) -> frozenset[str] | None:
+    """The arguments of ``ctx.queue.next``; returns the wanted names (None: any)."""
     where = f"workflow {run.workflow_id!r} queue.next {name!r}"
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise ValueError(f"{where}: count must be an int >= 1, got {count!r}")
@@ -40,28 +39,31 @@ def validate(
 
 
 async def run_next(
-    site: Site, names: frozenset[str] | None, count: int, timeout: float | None
+    site: Site[S], names: frozenset[str] | None, count: int, timeout: float | None
 ) -> list[Any]:
-    entry = site.node.entry
-    if entry is not None and entry.get("d"):
-        return list(entry["m"])
-    storage = site.run.storage
-    if entry is None:
-        deadline = None if timeout is None else time.time() + timeout
-        site.record({"dl": deadline, "d": False})
-    else:
-        deadline = entry["dl"]
+    with site:
+        storage = site.storage
+        if storage.owed:
+            await storage.flush()  # an earlier step's output lands first
+        entry = site.node.entry
+        if type(entry) is MessageEntry:
+            if entry.done:
+                return list(entry.payloads or ())
+            deadline = entry.deadline
+        else:
+            deadline = None if timeout is None else time.time() + timeout
+            site.record(MessageEntry(site.pos, deadline))
 
-    def matching() -> list[Message]:
-        found = [m for m in storage.messages if names is None or m.name in names]
-        return found[:count]
+        def matching() -> list[MessageRecord]:
+            found = [m for m in storage.messages if names is None or m.name in names]
+            return found[:count]
 
-    await site.run.scheduler.wait(
-        deadline=deadline, ready=lambda: len(matching()) >= count, wants_messages=True
-    )
-    taken = matching()
-    for message in taken:
-        storage.consume(message)
-    payloads = [message.data for message in taken]
-    site.record({"dl": deadline, "d": True, "m": payloads})
-    return payloads
+        await site.run.scheduler.wait(
+            deadline=deadline, ready=lambda: len(matching()) >= count, wants_messages=True
+        )
+        taken = matching()
+        for message in taken:
+            storage.consume(message)
+        payloads = [message.data for message in taken]
+        site.record(MessageEntry(site.pos, deadline, True, payloads))
+        return payloads

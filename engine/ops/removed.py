@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from engine.records import REMOVABLE, RemovedEntry
 from engine.run import Run
-
-if TYPE_CHECKING:
-    from engine.context import Site
+from engine.site import S, Site
 
 
-def check(run: Run, name: str, original_type: str, allowed: tuple[str, ...]) -> None:
-    if original_type not in allowed:
+def validate(run: Run, name: str, original_type: str) -> None:
+    """``original_type`` must be a kind that can be removed."""
+    if original_type not in REMOVABLE:
         raise ValueError(
             f"workflow {run.workflow_id!r} removed {name!r}: original_type must be one of "
-            f"{', '.join(allowed)}, got {original_type!r}"
+            f"{', '.join(REMOVABLE)}, got {original_type!r}"
         )
 
 
-async def run_removed(site: Site, original_type: str) -> None:
-    # History from before the removal keeps its original entry (and its data); a fresh run
-    # records a placeholder so positions stay the same for both.
-    if site.node.entry is None:
-        site.record({"ot": original_type})
+async def run_removed(site: Site[S], original_type: str) -> None:
+    with site:
+        if site.storage.owed:
+            await site.storage.flush()  # an earlier step's output lands first
+        # History from before the removal keeps its original entry (and its data); a fresh
+        # run records a placeholder so positions stay the same for both.
+        if site.node.entry is None:
+            site.record(RemovedEntry(site.pos, original_type))

@@ -11,16 +11,14 @@ iterations): exactly the handlers any later run would register again.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import anyio
 
 from engine.errors import error_record
-from engine.keys import Field, Location
+from engine.keys import Location
+from engine.records import CheckpointEntry, Metadata
 from engine.run import ErrorEvent, Run
-
-if TYPE_CHECKING:
-    from engine.context import Site
+from engine.site import S, Site
+from engine.state import WorkflowState
 
 
 class RollbackContext:
@@ -39,16 +37,19 @@ class RollbackContext:
         return self._run.aborted.is_set()
 
 
-async def run_checkpoint(site: Site) -> None:
-    if site.node.entry is None:
-        site.record({})
-    site.run.checkpoint_seen = True
+async def run_checkpoint(site: Site[S]) -> None:
+    with site:
+        if site.storage.owed:
+            await site.storage.flush()  # an earlier step's output lands first
+        if site.node.entry is None:
+            site.record(CheckpointEntry(site.pos))
+        site.run.checkpoint_seen = True
 
 
-async def run_handlers(run: Run, state_rolling_back: Any) -> BaseException | None:
+async def run_handlers(run: Run) -> BaseException | None:
     """Run every not-yet-completed handler, newest first; return the first failure or None."""
     storage = run.storage
-    storage.set_field(Field.STATE, state_rolling_back)
+    storage.set_state(WorkflowState.ROLLING_BACK)
     await storage.flush()  # also pays an owed step output: it lands before any handler runs
     for handler in sorted(run.rollback_handlers, key=lambda h: h.seq, reverse=True):
         node = storage.node(handler.location)
@@ -56,8 +57,8 @@ async def run_handlers(run: Run, state_rolling_back: Any) -> BaseException | Non
             # Its history was removed (a race loser, a trimmed loop iteration): a later run
             # could not register it again, so it is not run on this one either.
             continue
-        meta = dict(node.meta or {})
-        if meta.get("rbd"):
+        meta = node.meta or Metadata()
+        if meta.compensated:
             continue
         run.scheduler.check_stop()
         try:
@@ -65,12 +66,12 @@ async def run_handlers(run: Run, state_rolling_back: Any) -> BaseException | Non
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
-            storage.set_field(Field.ROLLBACK_ERROR, error_record(exc))
+            storage.set_rollback_error(error_record(exc))
             await run.emit_error(
                 ErrorEvent(run.workflow_id, run.path(handler.location), "rollback", 1, exc)
             )
             return exc
-        meta["rbd"] = True
+        meta.compensated = True
         storage.record_meta(handler.location, node, meta)
         await storage.flush()
     return None

@@ -9,48 +9,41 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from engine.records import SleepEntry
 from engine.run import Run
-
-if TYPE_CHECKING:
-    from engine.context import Site
+from engine.site import S, Site
 
 
-def check_seconds(run: Run, name: str, seconds: float) -> None:
+def validate(run: Run, name: str, value: float, label: str) -> None:
+    """``seconds`` (finite, >= 0) or ``timestamp`` (a finite Unix time) of a sleep."""
     if (
-        not isinstance(seconds, int | float)
-        or isinstance(seconds, bool)
-        or not math.isfinite(seconds)
-        or seconds < 0
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (label != "seconds" or value >= 0)
     ):
-        raise ValueError(
-            f"workflow {run.workflow_id!r} sleep {name!r}: seconds must be a finite number "
-            f">= 0, got {seconds!r}"
-        )
-
-
-def check_timestamp(run: Run, name: str, timestamp: float) -> None:
-    if (
-        not isinstance(timestamp, int | float)
-        or isinstance(timestamp, bool)
-        or not math.isfinite(timestamp)
-    ):
-        raise ValueError(
-            f"workflow {run.workflow_id!r} sleep {name!r}: timestamp must be a finite Unix time "
-            f"in seconds, got {timestamp!r}"
-        )
-
-
-async def run_sleep(site: Site, wake_at_from: Callable[[float], float]) -> None:
-    entry = site.node.entry
-    if entry is not None and entry.get("d"):
         return
-    if entry is None:
-        wake_at = wake_at_from(time.time())
-        site.record({"w": wake_at, "d": False})
-    else:
-        wake_at = entry["w"]
-    await site.run.scheduler.wait(deadline=wake_at)
-    site.record({"w": wake_at, "d": True})
+    need = "a finite number >= 0" if label == "seconds" else "a finite Unix time in seconds"
+    raise ValueError(
+        f"workflow {run.workflow_id!r} sleep {name!r}: {label} must be {need}, got {value!r}"
+    )
+
+
+async def run_sleep(
+    site: Site[S], *, seconds: float | None = None, until: float | None = None
+) -> None:
+    with site:
+        storage = site.storage
+        if storage.owed:
+            await storage.flush()  # an earlier step's output lands first
+        entry = site.node.entry
+        if type(entry) is SleepEntry:
+            if entry.done:
+                return
+            wake_at = entry.wake_at
+        else:
+            wake_at = until if until is not None else time.time() + (seconds or 0.0)
+            site.record(SleepEntry(site.pos, wake_at))
+        await site.run.scheduler.wait(deadline=wake_at)
+        site.record(SleepEntry(site.pos, wake_at, done=True))

@@ -19,6 +19,7 @@ import pytest
 
 from engine import WorkflowContext, WorkflowState, keys, run_workflow
 from engine.keys import Prefix
+from engine.records import StepEntry
 from engine.storage import Storage
 from engine.testing import CountingDriver, FaultyDriver, SimulatedCrash
 
@@ -74,7 +75,7 @@ async def _landed_steps(driver: Any, wid: str) -> set[str]:
     return {
         storage.names.name(node.segment)
         for node in storage.root.ordered()
-        if node.entry is not None and node.entry["k"] == "step" and node.entry.get("d")
+        if isinstance(node.entry, StepEntry) and node.entry.done
     }
 
 

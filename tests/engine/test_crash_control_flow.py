@@ -24,6 +24,7 @@ from engine import (
     WorkflowState,
     run_workflow,
 )
+from engine.records import StepEntry
 from engine.storage import Storage
 from engine.testing import CountingDriver, FaultyDriver
 
@@ -106,12 +107,14 @@ async def landed(driver: EngineDriver, wid: str) -> tuple[set[str], set[str], di
     tree: dict[str, Any] = {}
     for location, node in storage.walk():
         path = storage.names.render(location)
-        if node.entry is not None:
-            kind = node.entry["k"]
-            tree[path] = (kind, node.entry.get("o") if kind == "step" else node.entry.get("d"))
-            if kind == "step" and node.entry.get("d"):
+        entry = node.entry
+        if isinstance(entry, StepEntry):
+            tree[path] = ("step", entry.output)
+            if entry.done:
                 steps.add(path)
-        if node.meta is not None and node.meta.get("rbd"):
+        elif entry is not None:
+            tree[path] = (entry.kind, getattr(entry, "done", None))
+        if node.meta is not None and node.meta.compensated:
             undone.add(path)
             tree[f"{path} (compensated)"] = True
     return steps, undone, tree

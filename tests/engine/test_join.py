@@ -30,8 +30,8 @@ async def statuses(driver: Any, wid: str, join: str = "j") -> dict[str, str]:
     [join_node] = [n for loc, n in storage.walk() if storage.names.render(loc) == join]
     assert join_node.entry is not None
     return {
-        name: (join_node.children[storage.names.intern(name, {})].meta or {}).get("st", "pending")
-        for name in join_node.entry["b"]
+        name: getattr(join_node.children[storage.names.index(name)].meta, "status", "pending")
+        for name in join_node.entry.branches  # type: ignore[union-attr]
     }
 
 
@@ -59,8 +59,8 @@ async def test_branches_run_concurrently_in_their_own_scopes(driver: Any, wid: s
     assert result.state == WorkflowState.COMPLETED
     assert result.output == {"a": "from-a", "b": "from-b"}
     recorded = await recorded_history(driver, wid)
-    assert recorded["j/a/x"]["d"] and recorded["j/b/x"]["d"]
-    assert recorded["j"]["b"] == ["a", "b"]
+    assert recorded["j/a/x"].done and recorded["j/b/x"].done  # type: ignore[union-attr]
+    assert recorded["j"].branches == ["a", "b"]  # type: ignore[union-attr]
     assert await statuses(driver, wid) == {"a": "completed", "b": "completed"}
 
 
@@ -158,7 +158,7 @@ async def test_waiting_branch_lets_siblings_finish_then_yields(driver: Any, wid:
     assert dict(calls.counts) == {"w.before": 1, "k.one": 1, "k.two": 1}
     recorded = await recorded_history(driver, wid)
     assert await statuses(driver, wid) == {"waits": "running", "works": "completed"}
-    assert recorded["j/works/two"]["d"]
+    assert recorded["j/works/two"].done  # type: ignore[union-attr]
 
     handle = run_workflow(wid, workflow, None, driver)
     await handle.message("go", "payload")

@@ -51,7 +51,7 @@ async def test_loop_returns_break_value_and_replays(driver: Any, wid: str) -> No
     before = dict(calls.counts)
     assert (await run_workflow(wid, workflow, None, driver).result()).state == "sleeping"
     assert dict(calls.counts) == before, "a finished loop replays without calling the body"
-    assert (await recorded_history(driver, wid))["l"]["d"] is True
+    assert (await recorded_history(driver, wid))["l"].done is True  # type: ignore[union-attr]
 
 
 async def test_crash_resumes_from_the_last_committed_state(store: Any, wid: str) -> None:
@@ -76,11 +76,11 @@ async def test_crash_resumes_from_the_last_committed_state(store: Any, wid: str)
         else:
             pytest.fail(f"no crash at write {crash_at}")
         landed = await recorded_history(inner, run_id)
-        committed = landed["l"]["i"] if "l" in landed else 0
+        committed = landed["l"].iteration if "l" in landed else 0  # type: ignore[union-attr]
         done_steps = {
             int(path.split("/")[1][1:])
             for path, entry in landed.items()
-            if path.endswith("/add") and entry.get("d")
+            if path.endswith("/add") and getattr(entry, "done", False)
         }
         before = dict(calls.counts)
 

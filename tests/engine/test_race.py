@@ -79,7 +79,7 @@ async def test_first_to_complete_wins_and_losers_are_cancelled(driver: Any, wid:
     assert result.state == WorkflowState.COMPLETED and result.output == ["fast", "fast"]
     assert seen_cancelled == ["slow.hang"], "the loser saw anyio's cancellation"
     recorded = await recorded_history(driver, wid)
-    assert recorded["r"]["w"] == "fast"
+    assert recorded["r"].winner == "fast"  # type: ignore[union-attr]
     assert "r/fast/only" in recorded
     assert not [path for path in recorded if path.startswith("r/slow")], recorded
 

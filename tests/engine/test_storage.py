@@ -8,6 +8,7 @@ import pytest
 
 from engine import CorruptedRecordError, WorkflowContext, keys, run_workflow
 from engine.keys import Prefix
+from engine.records import StepEntry
 from engine.storage import Storage
 from engine.testing import CountingDriver, FaultyDriver, SimulatedCrash
 
@@ -38,7 +39,7 @@ async def test_loading_reads_the_namespace_with_one_list(driver: Any, wid: str) 
     assert counting.calls == {"list": 1}
     recorded = storage.root.ordered()
     assert [storage.names.name(n.segment) for n in recorded] == ["first-step-name", "second"]
-    assert all(n.entry is not None and n.entry["d"] for n in recorded)
+    assert all(isinstance(n.entry, StepEntry) and n.entry.done for n in recorded)
 
 
 async def test_loading_from_a_snapshot_reads_nothing(driver: Any, wid: str) -> None:

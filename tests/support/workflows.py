@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from engine.records import Entry
 from engine.storage import Storage
 
 
@@ -26,12 +27,13 @@ class Calls:
         return self.counts[name]
 
 
-async def recorded_history(driver: Any, workflow_id: str) -> dict[str, dict[str, Any]]:
-    """Every location that holds an entry or metadata, by rendered path (``j/a/x``)."""
+async def recorded_history(driver: Any, workflow_id: str) -> dict[str, Entry | None]:
+    """Every location that holds an entry or metadata, by rendered path (``j/a/x``): its
+    entry (None for a location with metadata only)."""
     storage = Storage(driver, workflow_id)
     await storage.load()
     return {
-        storage.names.render(location): node.entry or {}
+        storage.names.render(location): node.entry
         for location, node in storage.walk()
         if node.entry is not None or node.meta is not None
     }

@@ -24,7 +24,8 @@ from typing import Any
 
 import anyio
 
-from engine import codec, run_workflow
+from engine import run_workflow
+from engine.records import StepEntry
 from engine.storage import Storage
 from tests.support.services import DATABASE_URL, REDIS_URL, unique_name, unreachable
 
@@ -72,20 +73,15 @@ class Backend:
         storage = Storage(self.store.driver(workflow_id), workflow_id)
         await storage.load()
         return {
-            storage.names.render(location): _step_output(node.entry["o"])
+            storage.names.render(location): node.entry.output
             for location, node in storage.walk()
-            if node.entry is not None and node.entry.get("d") and "o" in node.entry
+            if isinstance(node.entry, StepEntry) and node.entry.done
         }
 
     async def output(self, workflow_id: str) -> Any:
         return await run_workflow(
             workflow_id, _unused, None, self.store.driver(workflow_id)
         ).get_output()
-
-
-def _step_output(recorded: Any) -> Any:
-    # Older entries kept the output as its own encoded record; newer ones hold the value.
-    return codec.decode(recorded, "step output") if isinstance(recorded, bytes) else recorded
 
 
 async def _unused(ctx: Any, value: Any) -> Any:
