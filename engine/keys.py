@@ -193,9 +193,14 @@ def metadata_key(location: Location) -> bytes:
 
 def encode_segment(segment: int | tuple[int]) -> bytes:
     """One location segment; a location's key is its prefix plus its segments, concatenated."""
-    if type(segment) is int and 0 < segment < 256:
-        return bytes((_INT_ZERO + 1, segment))  # the common case: a small name index
+    if type(segment) is int and 0 <= segment < 65536:  # a name index: the common case
+        if segment < 256:
+            return bytes((_INT_ZERO + 1, segment)) if segment else _ZERO_SEGMENT
+        return bytes((_INT_ZERO + 2, segment >> 8, segment & 0xFF))
     return pack((segment,))
+
+
+_ZERO_SEGMENT = bytes((_INT_ZERO,))
 
 
 def parse_location_key(key: bytes) -> Location:

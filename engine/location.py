@@ -18,7 +18,7 @@ class NameRegistry:
 
     def __init__(self) -> None:
         self._names: list[str] = []
-        self._index: dict[str, int] = {}
+        self.by_name: dict[str, int] = {}  # read directly on the hot path (``Storage.intern``)
 
     def __len__(self) -> int:
         return len(self._names)
@@ -29,17 +29,17 @@ class NameRegistry:
         else:
             self._names.extend([""] * (index + 1 - len(self._names)))
             self._names[index] = name
-        self._index[name] = index
+        self.by_name[name] = index
 
     def index(self, name: str) -> int | None:
         """The index of a known name, None for a new one."""
-        return self._index.get(name)
+        return self.by_name.get(name)
 
     def add(self, name: str) -> int:
         """Give a new name the next index."""
         index = len(self._names)
         self._names.append(name)
-        self._index[name] = index
+        self.by_name[name] = index
         return index
 
     def name(self, index: int) -> str:

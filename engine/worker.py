@@ -55,6 +55,7 @@ class WorkerStats:
     leases_lost: int = 0  # a heartbeat found the lease gone: the run was evicted at once
     fencing_rejections: int = 0  # the store refused a write: the run was abandoned
     unknown: int = 0  # no registered function (or no stored input): left untouched
+    corrupted: int = 0  # a stored record could not be read: left untouched, held off
     store_errors: int = 0
 
 
@@ -324,8 +325,8 @@ class Worker:
             self._log(logging.WARNING, "store_error", wid, operation="load", error=exc)
             return False
         except CorruptedRecordError as exc:
-            self.stats.unknown += 1
-            self._log(logging.ERROR, "unknown_workflow", wid, reason="unreadable", error=exc)
+            self.stats.corrupted += 1
+            self._log(logging.ERROR, "corrupted_workflow", wid, error=exc)
             return True
         fn = self.workflows.get(name) if name is not None else None
         if fn is None or input_value is MISSING:
@@ -360,27 +361,33 @@ class Worker:
         slot.handle = handle
         if self._stop.is_set():
             handle.evict()  # stop() ran between the claim and here
-        await self._finish(slot, handle)
-        return False
+        return await self._finish(slot, handle)
 
-    async def _finish(self, slot: _Slot, handle: WorkflowHandle) -> None:
+    async def _finish(self, slot: _Slot, handle: WorkflowHandle) -> bool:
+        """Wait for the run and settle it; True when the workflow must be held off."""
         wid = slot.lease.workflow_id
         try:
             result = await handle.result()
+        except CorruptedRecordError as exc:
+            # Not the workflow's failure: nothing was written, and a repaired store (or a
+            # fixed deploy) lets it carry on. Held off so no worker hot-loops on it.
+            self.stats.corrupted += 1
+            self._log(logging.ERROR, "corrupted_workflow", wid, error=exc)
+            return True
         except LeaseLostError as exc:
             # Someone else holds the workflow now; retrying here would make two writers.
             self.stats.fencing_rejections += 1
             self._log(logging.WARNING, "fencing_rejected", wid, token=slot.lease.token, error=exc)
-            return
+            return False
         except StorageError as exc:
             self.stats.store_errors += 1
             self._log(logging.WARNING, "store_error", wid, operation="run", error=exc)
-            return  # the alarm stays: the run resumes from what landed
+            return False  # the alarm stays: the run resumes from what landed
         except Exception as exc:
             self.stats.failed += 1
             self._log(logging.ERROR, "workflow_failed", wid, token=slot.lease.token, error=exc)
             await self._settle(slot, WorkflowState.FAILED)
-            return
+            return False
         if slot.lost:
             self._log(
                 logging.WARNING,
@@ -389,7 +396,7 @@ class Worker:
                 token=slot.lease.token,
                 state=result.state.value,
             )
-            return
+            return False
         if result.evicted:
             self.stats.evicted += 1
         elif result.state == WorkflowState.COMPLETED:
@@ -406,6 +413,7 @@ class Worker:
             wake_at=result.wake_at,
         )
         await self._settle(slot, result.state)
+        return False
 
     async def _settle(self, slot: _Slot, state: WorkflowState) -> None:
         """For a run that ended without writing (already finished when loaded, say): bring

@@ -185,7 +185,7 @@ class Storage:
 
     def intern(self, name: str) -> int:
         """Index of ``name``; a first use queues the name's record (it lands with the entry)."""
-        index = self.names.index(name)
+        index = self.names.by_name.get(name)
         if index is None:
             index = self.names.add(name)
             self.pending[keys.name_key(index)] = wire.name_bytes(name)
@@ -206,6 +206,14 @@ class Storage:
         location = keys.parse_location_key(key)
         known = len(self.names)
         node = self.root
+        if len(location) == 1:  # a top-level entry: most of them
+            segment = location[0]
+            if type(segment) is not int or segment >= known:
+                raise ValueError(f"its location {location!r} uses a name that is not stored")
+            child = node.children.get(segment)
+            if child is None:
+                child = node.children[segment] = Node(segment, suffix=key[_PREFIX_LEN:])
+            return child
         for depth, segment in enumerate(location):
             if type(segment) is int:
                 if segment >= known:

@@ -174,7 +174,18 @@ _ENTRY_PARSERS: dict[Any, Callable[[dict[Any, Any], int, Description], Entry]] =
 
 def parse_entry(raw: bytes, what: Description) -> Entry:
     """The history entry in ``raw``; ``what`` names it for ``CorruptedRecordError``."""
-    m = _map(codec.decode(raw, what))
+    m = codec.decode(raw, what)
+    if type(m) is dict and m.get("k") == "step":
+        # Most entries are steps and a load reads them all: the checks of _step, inlined.
+        pos, done, seq = m.get("p"), m.get("d"), m.get("s")
+        if (
+            type(pos) is int
+            and pos >= 0
+            and type(done) is bool
+            and (seq is None or (type(seq) is int and seq >= 0))
+        ):
+            return StepEntry(pos, done, m["o"] if done else None, seq)
+    m = _map(m)
     kind = m.get("k")
     parser = _ENTRY_PARSERS.get(kind) if type(kind) is str else None
     if parser is None:

@@ -261,6 +261,46 @@ async def test_unknown_name_is_left_untouched_and_not_hot_looped(
     assert await output_of(store, wid) == 2
 
 
+async def test_a_corrupted_workflow_is_held_off_and_never_marked_failed(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def waits(ctx: WorkflowContext, n: int) -> int:
+        await ctx.step("one", lambda: n)
+        [extra] = await ctx.queue.next("wait")
+        return n + int(extra)
+
+    damaged, healthy = _wid(), _wid()
+    await start_workflow(store, "waits", damaged, 1)
+    await start_workflow(store, "waits", healthy, 10)
+    caplog.set_level(logging.ERROR, logger="engine.worker")
+    worker = _worker(store, {"waits": waits}, lease=0.3, heartbeat=0.1)
+    async with running(worker):
+        await wait_until(lambda: all_in_state(store, [damaged, healthy], "sleeping"), what="wait")
+        key, good = (await store.driver(damaged).list(keys.prefix_key(Prefix.HISTORY)))[0]
+        await store.driver(damaged).set(key, b"\x01\xc1")  # a damaged step record
+        await send(store, damaged, "wait", 1)
+        await send(store, healthy, "wait", 5)
+        before = await store.driver(damaged).list(b"")
+        await wait_until(lambda: all_in_state(store, [healthy], "completed"), what="healthy")
+        await wait_until(lambda: _corrupted(worker), what="the corrupted run")
+        await anyio.sleep(0.6)
+        assert 1 <= worker.stats.corrupted <= 4  # held off a lease at a time, not hot-looped
+    assert worker.stats.failed == 0
+    assert await store.workflow_info(damaged) == ("waits", "sleeping")
+    assert await store.driver(damaged).list(b"") == before  # nothing written
+    assert any(getattr(r, "event", None) == "corrupted_workflow" for r in caplog.records)
+    # Repaired, it carries on with the message that waited for it.
+    await store.driver(damaged).set(key, good)
+    later = _worker(store, {"waits": waits})
+    async with running(later):
+        await wait_until(lambda: all_in_state(store, [damaged], "completed"), what="repaired")
+    assert await output_of(store, damaged) == 2
+
+
+async def _corrupted(worker: Worker) -> bool:
+    return worker.stats.corrupted > 0
+
+
 async def test_failure_is_logged_and_indexed_as_failed(
     store: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
