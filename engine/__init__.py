@@ -34,7 +34,8 @@ from engine.ops.rollback import RollbackContext
 from engine.run import ErrorEvent
 from engine.start import StartedWorkflow, start_workflow
 from engine.state import ErrorInfo, WorkflowResult, WorkflowState
-from engine.worker import Worker, WorkerStats
+from engine.worker import Worker
+from engine.worker_events import WorkerStats
 
 __all__ = [
     "DEFAULT_LOOP_COMMIT_INTERVAL",

@@ -9,8 +9,8 @@ with one ``finish_run``: its last writes, its state in the index, the alarm it c
 consumed (compare-and-delete, so an alarm set meanwhile by a message or the run's next
 deadline survives) and the lease released.
 
-Every record the worker logs carries ``event``, ``workflow_id`` and ``worker`` as attributes
-(``extra``), so ``engine.cli`` can print them as one JSON object per line.
+What it reports (counters and one structured log record per event) is
+``engine.worker_events``.
 """
 
 from __future__ import annotations
@@ -33,30 +33,12 @@ from engine.constants import DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_WORKER_CO
 from engine.errors import CorruptedRecordError, LeaseLostError, StorageError
 from engine.handle import WorkflowHandle
 from engine.records import MISSING
-from engine.run import ErrorEvent
 from engine.runner import RunSpec, WorkflowFn
 from engine.start import StartedWorkflow, create
 from engine.state import WorkflowState
 from engine.storage import Writes, commands
 from engine.store import Lease, WorkerStore
-
-logger = logging.getLogger("engine.worker")
-
-
-@dataclass
-class WorkerStats:
-    """Counters of what one worker did since it started (read them in tests and metrics)."""
-
-    claimed: int = 0
-    completed: int = 0
-    suspended: int = 0
-    evicted: int = 0
-    failed: int = 0
-    leases_lost: int = 0  # a heartbeat found the lease gone: the run was evicted at once
-    fencing_rejections: int = 0  # the store refused a write: the run was abandoned
-    unknown: int = 0  # no registered function (or no stored input): left untouched
-    corrupted: int = 0  # a stored record could not be read: left untouched, held off
-    store_errors: int = 0
+from engine.worker_events import EventLog, WorkerStats
 
 
 @dataclass
@@ -120,6 +102,9 @@ class Worker:
         self.handle_signals = handle_signals
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.stats = WorkerStats()
+        events = EventLog(self.worker_id)
+        self._log = events.log
+        self._on_error = events.on_step_error
         self._slots: dict[str, _Slot] = {}
         self._held: dict[str, Lease] = {}  # unknown workflows, held off for a while
         self._kick = anyio.Event()
@@ -157,7 +142,7 @@ class Worker:
                 finally:
                     self._task_groups = None
             service.cancel_scope.cancel()
-        self._log(logging.INFO, "worker_stopped", None, **_counters(self.stats))
+        self._log(logging.INFO, "worker_stopped", None, **vars(self.stats))
 
     def stop(self) -> None:
         """Graceful stop: claim nothing more, evict every run at its next operation.
@@ -499,44 +484,3 @@ class Worker:
                     operation="release",
                     error=exc,
                 )
-
-    # Logging
-
-    async def _on_error(self, event: ErrorEvent) -> None:
-        if event.kind == "workflow":
-            return  # logged once, with the outcome, by _finish
-        self._log(
-            logging.WARNING if event.will_retry else logging.ERROR,
-            f"{event.kind}_failed",
-            event.workflow_id,
-            location=event.location,
-            attempt=event.attempt,
-            will_retry=event.will_retry,
-            retry_at=event.retry_at,
-            error=event.error,
-        )
-
-    def _log(self, level: int, event: str, workflow_id: str | None = None, **fields: Any) -> None:
-        if not logger.isEnabledFor(level):
-            return
-        for key, value in fields.items():
-            if isinstance(value, BaseException):
-                fields[key] = f"{type(value).__name__}: {value}"
-        details = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-        logger.log(
-            level,
-            "%s %s %s",
-            event,
-            workflow_id or "-",
-            details,
-            extra={
-                "event": event,
-                "workflow_id": workflow_id,
-                "worker": self.worker_id,
-                "fields": fields,
-            },
-        )
-
-
-def _counters(stats: WorkerStats) -> dict[str, int]:
-    return dict(vars(stats))
