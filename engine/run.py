@@ -14,6 +14,7 @@ import anyio
 from engine.keys import Location
 from engine.scheduler import Scheduler
 from engine.storage import Storage
+from engine.timeouts import AwaitWithin, for_current_backend
 
 logger = logging.getLogger("engine")
 
@@ -54,6 +55,8 @@ class Run:
     cancelled: bool = False
     checkpoint_seen: bool = False
     armed_at: float | None = None  # the alarm live mode set during this run
+    # Resolved once, in the run's event loop: a step's timeout costs what its loop charges.
+    await_within: AwaitWithin = field(default_factory=for_current_backend)
     rollback_handlers: list[RollbackHandler] = field(default_factory=list)
 
     def path(self, location: Location) -> str:

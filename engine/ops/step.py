@@ -38,6 +38,7 @@ from engine.errors import (
 from engine.records import Metadata, StepEntry
 from engine.run import ErrorEvent, RollbackHandler, Run
 from engine.site import S, Site
+from engine.timeouts import TimedOut
 
 T = TypeVar("T")
 Compensation = Callable[[Any, Any], Awaitable[None]]
@@ -185,11 +186,10 @@ async def _attempt(fn: Callable[[], Any], timeout: float, site: Site[S]) -> Any:
     result = fn()
     if type(result) in _PLAIN or not inspect.isawaitable(result):
         return result  # a sync fn (the type test spares the slow ABC check of most outputs)
-    if timeout <= 0:
-        return await result
-    with anyio.move_on_after(timeout):
-        return await result
-    raise StepTimeoutError(f"{site.describe()}: the step ran longer than {timeout}s")
+    try:
+        return await site.run.await_within(result, timeout)
+    except TimedOut:
+        raise StepTimeoutError(f"{site.describe()}: the step ran longer than {timeout}s") from None
 
 
 _PLAIN = frozenset({dict, list, str, int, float, bool, type(None), tuple, bytes})
