@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from drivers._common import ErrorMap
 from engine.store import Lease
 
 
@@ -67,6 +68,13 @@ class InProcessLeases:
             and current.token == lease.token
             and current.expires_at > time.time()
         )
+
+    def check(self, lease: Lease, errors: ErrorMap, operation: str) -> None:
+        """Fence a write: raise ``LeaseLostError`` unless ``lease`` is current. Called in the
+        same step as the write it guards (no await between them), so nothing can take the
+        workflow over in between."""
+        if not self.holds(lease):
+            raise errors.lease_lost(operation, lease.workflow_id)
 
     def renew(self, lease: Lease, duration: float) -> Lease | None:
         if not self.holds(lease):

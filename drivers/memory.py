@@ -9,17 +9,21 @@ from __future__ import annotations
 import bisect
 import builtins
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 import anyio
 
+from drivers._common import ErrorMap, Lifecycle, check_writes, refuse_namespace, store_url
 from drivers._inprocess import InProcessLeases, InProcessWakeups
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
-from engine.errors import LeaseLostError
 from engine.state import WorkflowState
 from engine.store import Lease, Registration, creation_rows, settled_alarm
+
+_STORE = "memory store"
+_ERRORS = ErrorMap(_STORE)  # no client to fail: only fenced writes raise, LeaseLostError
 
 
 class _Namespace:
@@ -70,53 +74,80 @@ class _Alarms:
 
 
 class MemoryDriver:
-    """One workflow's namespace in memory.
+    """One workflow's namespace in memory; with a ``lease``, every write is fenced by it.
+
+    ``MemoryDriver()`` alone is a namespace with a store of its own (nothing to share).
 
     Args:
-        worker_poll_interval: sleeps shorter than this wait in memory, longer ones yield.
-        latency: simulated seconds per call, to see how the engine behaves on a slow store.
+        store: the store whose namespace ``workflow_id`` this driver reads and writes.
+        workflow_id: the workflow; None for a driver with a store of its own.
+        lease: writes apply only while this is the workflow's current lease
+            (``MemoryStore.fenced_driver``), checked right before each write applies.
+        worker_poll_interval: without a store: sleeps shorter than this wait in memory,
+            longer ones yield (with a store: the store's).
+        latency: without a store: simulated seconds per call, to see how the engine behaves
+            on a slow store (with a store: the store's).
     """
 
     def __init__(
         self,
+        store: MemoryStore | None = None,
+        workflow_id: str | None = None,
+        lease: Lease | None = None,
         *,
-        worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
-        latency: float = 0.0,
-        _namespace: _Namespace | None = None,
-        _alarms: _Alarms | None = None,
-        _subscribers: InProcessWakeups | None = None,
-        _workflow_id: str | None = None,
+        worker_poll_interval: float | None = None,
+        latency: float | None = None,
     ) -> None:
-        self.worker_poll_interval = worker_poll_interval
-        self.latency = latency
-        self._ns = _namespace or _Namespace()
-        self._alarms = _alarms or _Alarms()
-        self._subscribers = _subscribers or InProcessWakeups()
-        self._workflow_id = _workflow_id
+        if store is None:
+            store = MemoryStore(
+                worker_poll_interval=DEFAULT_WORKER_POLL_INTERVAL
+                if worker_poll_interval is None
+                else worker_poll_interval,
+                latency=latency or 0.0,
+            )
+        elif worker_poll_interval is not None or latency is not None:
+            raise TypeError("a driver of a MemoryStore takes the store's poll interval and latency")
+        self.worker_poll_interval = store.worker_poll_interval
+        self.latency = store.latency
+        self._store = store
+        self._workflow_id = workflow_id
+        self._lease = lease
+        self._ns = store._namespaces.setdefault(workflow_id or "", _Namespace())
+        self._alarms = store._alarms
 
     async def _tick(self) -> None:
         if self.latency:
             await anyio.sleep(self.latency)
+
+    def _fence(self, operation: str) -> None:
+        # After the simulated latency, right before the write: the check and the write are
+        # one step, so no takeover can come between them.
+        if self._lease is not None:
+            self._store._leases.check(self._lease, _ERRORS, operation)
 
     async def get(self, key: bytes) -> bytes | None:
         await self._tick()
         return self._ns.values.get(key)
 
     async def set(self, key: bytes, value: bytes) -> None:
-        _check_bytes(key, value)
+        check_writes(_STORE, [(key, value)])
         await self._tick()
+        self._fence("set")
         self._ns.put(bytes(key), bytes(value))
 
     async def delete(self, key: bytes) -> None:
         await self._tick()
+        self._fence("delete")
         self._ns.remove(key)
 
     async def delete_prefix(self, prefix: bytes) -> None:
         await self._tick()
+        self._fence("delete_prefix")
         self._ns.remove_span(*self._ns.prefix_span(prefix))
 
     async def delete_range(self, start: bytes, end: bytes) -> None:
         await self._tick()
+        self._fence("delete_range")
         if start >= end:
             return
         lo = bisect.bisect_left(self._ns.order, start)
@@ -130,11 +161,10 @@ class MemoryDriver:
         return [(key, values[key]) for key in self._ns.order[lo:hi]]
 
     async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
-        # Validate everything first so a bad write cannot leave half a batch applied.
-        for key, value in writes:
-            _check_bytes(key, value)
+        check_writes(_STORE, writes)  # all of them first: a bad write applies none
         await self._tick()
-        for key, value in writes:
+        self._fence("batch")
+        for key, value in writes:  # in order: a later write of a key wins
             if value is None:
                 self._ns.remove(bytes(key))
             else:
@@ -150,11 +180,11 @@ class MemoryDriver:
 
     # Beyond the protocol: live-mode wake-ups and alarm inspection for tests and demos.
 
-    def subscribe(self) -> Any:
-        return self._subscribers.subscribe(self._workflow_id or "")
+    def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[None]]:
+        return self._store._subscribers.subscribe(self._workflow_id or "")
 
     async def notify(self, workflow_id: str) -> None:
-        self._subscribers.notify(self._workflow_id or workflow_id)
+        self._store._subscribers.notify(self._workflow_id or workflow_id)
 
     async def due_alarms(
         self, now: float | None = None, limit: int = 100
@@ -169,59 +199,14 @@ class MemoryDriver:
         return len(self._ns.order)
 
 
-class _FencedMemoryDriver(MemoryDriver):
-    """A driver whose writes apply only while ``lease`` is the workflow's current lease."""
+class MemoryStore(Lifecycle):
+    """Hands out isolated in-memory drivers that share one alarm index.
 
-    def __init__(self, store: MemoryStore, lease: Lease, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._store = store
-        self._lease = lease
-
-    def _check_lease(self, operation: str) -> None:
-        if not self._store._leases.holds(self._lease):
-            raise LeaseLostError(
-                "memory store", f"{operation} of workflow {self._lease.workflow_id!r}"
-            )
-
-    async def set(self, key: bytes, value: bytes) -> None:
-        self._check_lease("set")
-        await super().set(key, value)
-
-    async def delete(self, key: bytes) -> None:
-        self._check_lease("delete")
-        await super().delete(key)
-
-    async def delete_prefix(self, prefix: bytes) -> None:
-        self._check_lease("delete_prefix")
-        await super().delete_prefix(prefix)
-
-    async def delete_range(self, start: bytes, end: bytes) -> None:
-        self._check_lease("delete_range")
-        await super().delete_range(start, end)
-
-    async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
-        for key, value in writes:
-            _check_bytes(key, value)
-        await self._tick()
-        self._check_lease(
-            "batch"
-        )  # after the simulated latency: the check and the write are one step
-        saved, self.latency = self.latency, 0.0
-        try:
-            await super().batch(writes)
-        finally:
-            self.latency = saved
-
-
-def _check_bytes(key: object, value: object) -> None:
-    if not isinstance(key, bytes | bytearray):
-        raise TypeError(f"driver keys are bytes, got {type(key).__name__}")
-    if value is not None and not isinstance(value, bytes | bytearray):
-        raise TypeError(f"driver values are bytes or None, got {type(value).__name__}")
-
-
-class MemoryStore:
-    """Hands out isolated in-memory drivers that share one alarm index."""
+    Args:
+        worker_poll_interval: sleeps shorter than this wait in memory, longer ones yield.
+        latency: simulated seconds per driver call, to see how the engine behaves on a slow
+            store.
+    """
 
     def __init__(
         self, *, worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL, latency: float = 0.0
@@ -234,18 +219,28 @@ class MemoryStore:
         self._index: dict[str, tuple[str, str]] = {}
         self._leases = InProcessLeases()
 
-    def _driver_kwargs(self, workflow_id: str) -> dict[str, Any]:
-        return {
-            "worker_poll_interval": self.worker_poll_interval,
-            "latency": self.latency,
-            "_namespace": self._namespaces.setdefault(workflow_id, _Namespace()),
-            "_alarms": self._alarms,
-            "_subscribers": self._subscribers,
-            "_workflow_id": workflow_id,
-        }
+    @classmethod
+    async def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str | None = None,
+        worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
+        **options: Any,
+    ) -> Self:
+        """``memory://``: a new empty store, shared with no one (demos and tests).
+
+        ``options`` go to the constructor (``latency``); a memory store has no namespace.
+        """
+        store_url(url, _STORE, ("memory",))
+        refuse_namespace(_STORE, namespace)
+        return cls(worker_poll_interval=worker_poll_interval, **options)
 
     def driver(self, workflow_id: str) -> MemoryDriver:
-        return MemoryDriver(**self._driver_kwargs(workflow_id))
+        return MemoryDriver(self, workflow_id)
+
+    def fenced_driver(self, lease: Lease) -> MemoryDriver:
+        return MemoryDriver(self, lease.workflow_id, lease)
 
     # Worker support (engine.store.WorkerStore): one process, so claims live in memory.
 
@@ -258,8 +253,7 @@ class MemoryStore:
         owner: str | None = None,
         lease: float = 0.0,
     ) -> Registration:
-        for key, value in writes:
-            _check_bytes(key, value)
+        check_writes(_STORE, writes)
         rows = creation_rows(writes)
         if workflow_id in self._index:
             return Registration(False, self._index[workflow_id][0])
@@ -302,9 +296,6 @@ class MemoryStore:
     async def release(self, lease: Lease) -> None:
         self._leases.release(lease)
 
-    def fenced_driver(self, lease: Lease) -> MemoryDriver:
-        return _FencedMemoryDriver(self, lease, **self._driver_kwargs(lease.workflow_id))
-
     async def finish_run(
         self,
         lease: Lease,
@@ -338,9 +329,3 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release; present so every store closes the same way."""
-
-    async def __aenter__(self) -> MemoryStore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()

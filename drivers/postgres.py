@@ -22,30 +22,35 @@ too) and ``finish_run`` (a run's last writes, its index state, the settled alarm
 released lease). Fenced writes (``PostgresStore.fenced_driver``, ``finish_run``) lock the
 lease row ``FOR SHARE`` in a CTE of that same statement and gate every modification on it,
 so a stale worker writes nothing. Wake-ups use LISTEN/NOTIFY on one dedicated connection per
-store: ``<schema>.messages`` (payload: the workflow id) for live runs and ``<schema>.alarms``
-for idle workers. Lease expiry is judged on client clocks (``time.time()``), like the other
-stores.
+store (``_postgres_listen``): ``<schema>.messages`` (payload: the workflow id) for live runs
+and ``<schema>.alarms`` for idle workers. Lease expiry is judged on client clocks
+(``time.time()``), like the other stores.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Self
 
-import anyio
 import asyncpg
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from drivers import _postgres_sql as queries
+from drivers._common import (
+    ErrorMap,
+    Lifecycle,
+    Writes,
+    check_writes,
+    latest_writes,
+    prefix_end,
+    store_url,
+)
+from drivers._postgres_listen import Listener, payload
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
-from engine.errors import LeaseLostError, SerializationError, StorageError
-from engine.keys import prefix_end
 from engine.store import Lease, Registration, creation_rows
 
 STORE = "postgres store"
@@ -58,9 +63,9 @@ MAX_VALUE_BYTES = 64 * 1024 * 1024
 output that belongs in blob storage, and asyncpg holds every value of a batch in memory."""
 MAX_KEY_BYTES = 2048
 """Keys sit in a B-tree primary key whose entries must stay under ~2.7 kB with the id."""
+DEFAULT_SCHEMA = "durable"
 # Channel names derive from the schema and must fit NAMEDATALEN (63 bytes), hence 48.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-_NOTIFY_PAYLOAD_MAX = 7000  # NOTIFY payloads must stay under 8000 bytes
 _LOCK_CLASS = 0x64757261  # first key of the schema-creation advisory lock ("dura")
 
 
@@ -72,38 +77,17 @@ _CONNECTION_LOST = (
     asyncpg.InterfaceError,
     ConnectionError,
 )
+_map_errors = ErrorMap(
+    STORE, asyncpg.PostgresError, asyncpg.InternalClientError, OSError, *_CONNECTION_LOST
+)
 
 
-@contextmanager
-def _errors(operation: str) -> Iterator[None]:
-    """Translate client and network failures into the engine's ``StorageError``."""
-    try:
-        yield
-    except (asyncpg.PostgresError, asyncpg.InternalClientError, OSError, *_CONNECTION_LOST) as exc:
-        raise StorageError(STORE, operation, exc) from exc
-
-
-def _check_write(key: object, value: object) -> None:
-    """Reject a write before anything reaches the server, so a batch is all or nothing."""
-    if not isinstance(key, bytes | bytearray):
-        raise TypeError(f"driver keys are bytes, got {type(key).__name__}")
-    if value is not None and not isinstance(value, bytes | bytearray):
-        raise TypeError(f"driver values are bytes or None, got {type(value).__name__}")
-    if len(key) > MAX_KEY_BYTES:
-        raise SerializationError(
-            f"{STORE}: key {bytes(key[:40])!r}... is {len(key)} bytes, over {MAX_KEY_BYTES}"
-        )
-    if value is not None and len(value) > MAX_VALUE_BYTES:
-        raise SerializationError(
-            f"{STORE}: value of key {bytes(key)!r} is {len(value)} bytes, over {MAX_VALUE_BYTES}"
-        )
-
-
-def _payload(workflow_id: str) -> str:
-    """NOTIFY payload naming a workflow; very long ids travel as a digest."""
-    if len(workflow_id.encode()) < _NOTIFY_PAYLOAD_MAX:
-        return workflow_id
-    return "#" + hashlib.sha256(workflow_id.encode()).hexdigest()
+def _split(writes: Writes) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """A batch as its upserts and its deletes, each key once (its last write wins)."""
+    check_writes(STORE, writes, MAX_KEY_BYTES, MAX_VALUE_BYTES)
+    latest = latest_writes(writes)
+    upserts = {key: value for key, value in latest.items() if value is not None}
+    return upserts, [key for key, value in latest.items() if value is None]
 
 
 class PostgresDriver:
@@ -122,7 +106,7 @@ class PostgresDriver:
             operation, "fetchval", self._workflow_id, token, now, *args, statement=statement
         )
         if not allowed:
-            raise LeaseLostError(STORE, f"{operation} of workflow {self._workflow_id!r}")
+            raise _map_errors.lease_lost(operation, self._workflow_id)
 
     async def get(self, key: bytes) -> bytes | None:
         value: bytes | None = await self._store._query("get", "fetchval", self._workflow_id, key)
@@ -135,16 +119,15 @@ class PostgresDriver:
         await self.batch([(key, None)])
 
     async def delete_prefix(self, prefix: bytes) -> None:
-        if not prefix.rstrip(b"\xff"):  # no key is past an all-0xFF (or empty) prefix's range
-            await self._write("delete_prefix", "delete_range to end", prefix, None)
-        else:
-            await self._write("delete_prefix", "delete_range", prefix, prefix_end(prefix))
+        end = prefix_end(prefix)  # None: no key is past an all-0xFF (or empty) prefix's range
+        statement = "delete_range" if end is not None else "delete_range to end"
+        await self._write("delete_prefix", statement, prefix, end)
 
     async def delete_range(self, start: bytes, end: bytes) -> None:
         await self._write("delete_range", "delete_range", start, end)
 
     async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        end = None if not prefix.rstrip(b"\xff") else prefix_end(prefix)
+        end = prefix_end(prefix)
         statement = "list" if end is not None else "list to end"
         rows = await self._store._query(
             "list", "fetch", self._workflow_id, prefix, end, statement=statement
@@ -152,13 +135,9 @@ class PostgresDriver:
         return [(row[0], row[1]) for row in rows]
 
     async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
-        for key, value in writes:
-            _check_write(key, value)
-        latest = {bytes(key): value for key, value in writes}  # the last write of a key wins
-        if not latest:
+        upserts, deletes = _split(writes)
+        if not upserts and not deletes:
             return
-        upserts = {key: bytes(value) for key, value in latest.items() if value is not None}
-        deletes = [key for key, value in latest.items() if value is None]
         if not deletes and self._lease is None:
             await self._store._query(
                 "batch",
@@ -214,18 +193,18 @@ async def _no_session_reset(connection: Any) -> None:
     LISTEN has its own connection, so there is no session state to clear."""
 
 
-class PostgresStore:
+class PostgresStore(Lifecycle):
     """Owns the connection pool, the schema and the LISTEN connection; hands out drivers.
 
-    Create it with ``await PostgresStore.connect(dsn)``. ``schema`` separates deployments (or
-    tests) sharing one database; ``min_size``/``max_size`` size the asyncpg pool.
+    Create it with ``await PostgresStore.connect(dsn)`` (or ``from_url``). ``schema``
+    separates deployments (or tests) sharing one database; ``min_size``/``max_size`` size
+    the asyncpg pool.
     """
 
     def __init__(self, pool: Any, dsn: str, schema: str, worker_poll_interval: float) -> None:
         self._pool = pool
         self._held: Any = None  # a pooled connection kept for one statement at a time
         self._held_busy = False
-        self._dsn = dsn
         self.schema = schema
         self.worker_poll_interval = worker_poll_interval
         s = f'"{schema}"'
@@ -236,26 +215,22 @@ class PostgresStore:
             for suffix, guard in queries.GUARDS.items():
                 self._sql[name + suffix] = sql.format(s=s, guard=guard.format(s=s))
         self._s = s
-        self._listener: Any = None
-        self._closed = False
-        self._listener_lock = anyio.Lock()
-        self._subscribers: dict[str, set[MemoryObjectSendStream[None]]] = {}
-        self._alarm_event = anyio.Event()
+        self._listener = Listener(dsn, self._alarm_channel, self._message_channel, _map_errors)
 
     @classmethod
     async def connect(
         cls,
         dsn: str,
         *,
-        schema: str = "durable",
+        schema: str = DEFAULT_SCHEMA,
         min_size: int = 1,
         max_size: int = 10,
         worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
-    ) -> PostgresStore:
+    ) -> Self:
         """Open a pool on ``dsn`` and create the schema's tables if they are missing."""
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
-        with _errors("connect"):
+        with _map_errors("connect"):
             pool = await asyncpg.create_pool(
                 dsn, min_size=min_size, max_size=max_size, reset=_no_session_reset
             )
@@ -267,6 +242,26 @@ class PostgresStore:
             raise
         return store
 
+    @classmethod
+    async def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str | None = None,
+        worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
+        **options: Any,
+    ) -> Self:
+        """``postgresql://`` or ``postgres://``: ``connect`` to that database; ``namespace``
+        is the schema (``DEFAULT_SCHEMA`` when None or empty), ``options`` go to ``connect``
+        (``min_size``, ``max_size``)."""
+        store_url(url, STORE, ("postgresql", "postgres"))
+        return await cls.connect(
+            url,
+            schema=namespace or DEFAULT_SCHEMA,
+            worker_poll_interval=worker_poll_interval,
+            **options,
+        )
+
     async def _create_schema(self) -> None:
         """Create or upgrade the schema, unless it is already at this version.
 
@@ -276,7 +271,7 @@ class PostgresStore:
         Creators and upgraders serialize on an advisory lock (IF NOT EXISTS alone is not
         safe against concurrent creators).
         """
-        with _errors("create schema"):
+        with _map_errors("create schema"):
             async with self._pool.acquire() as conn:
                 version = await self._schema_version(conn)
                 if version is None or version < SCHEMA_VERSION:
@@ -293,7 +288,7 @@ class PostgresStore:
                             await conn.execute(f"INSERT INTO {table} VALUES ($1)", SCHEMA_VERSION)
                             version = SCHEMA_VERSION
         if version > SCHEMA_VERSION:
-            raise StorageError(STORE, f"open schema {self.schema!r} of newer version {version}")
+            raise _map_errors.failure(f"open schema {self.schema!r} of newer version {version}")
 
     async def _schema_version(self, conn: Any) -> int | None:
         """The schema's layout version, None when the schema or its tables do not exist."""
@@ -318,7 +313,7 @@ class PostgresStore:
         re-running an idempotent one after a lost reply is safe.
         """
         sql = self._sql[statement or operation]
-        with _errors(operation):
+        with _map_errors(operation):
             try:
                 return await self._run(method, sql, args)
             except _CONNECTION_LOST:
@@ -378,8 +373,7 @@ class PostgresStore:
         owner: str | None = None,
         lease: float = 0.0,
     ) -> Registration:
-        for key, value in writes:
-            _check_write(key, value)
+        check_writes(STORE, writes, MAX_KEY_BYTES, MAX_VALUE_BYTES)
         rows = dict(creation_rows(writes))
         expires_at = time.time() + lease
         args: list[Any] = [workflow_id, name, list(rows), list(rows.values()), wake_at]
@@ -395,7 +389,7 @@ class PostgresStore:
         if registered is None:  # a creator this statement's snapshot could not see won
             info = await self.workflow_info(workflow_id)
             if info is None:
-                raise StorageError(STORE, f"create_workflow of {workflow_id!r}: lost its row")
+                raise _map_errors.failure(f"create_workflow of {workflow_id!r}: lost its row")
             registered = info[0]
         if not created or owner is None:
             return Registration(bool(created), registered)
@@ -447,11 +441,7 @@ class PostgresStore:
         state: str,
         wake_at: float | None,
     ) -> None:
-        for key, value in writes:
-            _check_write(key, value)
-        latest = {bytes(key): value for key, value in writes}  # the last write of a key wins
-        upserts = {key: bytes(value) for key, value in latest.items() if value is not None}
-        deletes = [key for key, value in latest.items() if value is None]
+        upserts, deletes = _split(writes)
         wid = lease.workflow_id
         # Not retried: after a first attempt that landed, the released lease fails the fence.
         shape = (
@@ -474,112 +464,26 @@ class PostgresStore:
             idempotent=False,
         )
         if not allowed:
-            raise LeaseLostError(STORE, f"finish_run of workflow {wid!r}")
+            raise _map_errors.lease_lost("finish_run", wid)
 
     async def wait_for_due(self, timeout: float) -> None:
-        await self._ensure_listener()
-        event = self._alarm_event
-        with anyio.move_on_after(timeout):
-            await event.wait()
-        if event.is_set() and self._alarm_event is event:
-            self._alarm_event = anyio.Event()  # consumed; a NOTIFY during the wait stays set
+        await self._listener.wait_for_due(timeout)
 
-    # LISTEN/NOTIFY: one connection per store, fanned out to in-process subscribers.
+    # LISTEN/NOTIFY (``_postgres_listen``): one connection per store, fanned out in-process.
 
     async def notify(self, workflow_id: str) -> None:
         """Wake every live run of ``workflow_id`` subscribed on any process."""
-        await self._query("notify", "execute", self._message_channel, _payload(workflow_id))
+        await self._query("notify", "execute", self._message_channel, payload(workflow_id))
 
-    @asynccontextmanager
-    async def subscribe(self, workflow_id: str) -> AsyncIterator[AsyncIterator[None]]:
+    def subscribe(self, workflow_id: str) -> AbstractAsyncContextManager[AsyncIterator[None]]:
         """Yield an iterator producing ``None`` per notification for ``workflow_id``."""
-        send, receive = anyio.create_memory_object_stream[None](max_buffer_size=1)
-        payload = _payload(workflow_id)
-        streams = self._subscribers.setdefault(payload, set())
-        streams.add(send)
-        try:
-            await self._ensure_listener()  # LISTEN is active before the caller re-checks state
-            async with receive:
-                yield _Wakeups(self, receive)
-        finally:
-            streams.discard(send)
-            if not streams:
-                self._subscribers.pop(payload, None)
-            send.close()
-
-    async def _ensure_listener(self) -> None:
-        async with self._listener_lock:
-            if self._listener is not None and not self._listener.is_closed():
-                return
-            if self._closed:
-                raise StorageError(STORE, "listen", RuntimeError("the store is closed"))
-            with _errors("listen"):
-                conn = await asyncpg.connect(self._dsn)
-                try:
-                    await conn.add_listener(self._alarm_channel, self._on_notification)
-                    await conn.add_listener(self._message_channel, self._on_notification)
-                except BaseException:
-                    await conn.close()
-                    raise
-            conn.add_termination_listener(self._on_listener_lost)
-            self._listener = conn
-
-    def _on_notification(self, _conn: Any, _pid: int, channel: str, payload: str) -> None:
-        if channel == self._alarm_channel:
-            self._alarm_event.set()
-            return
-        for stream in self._subscribers.get(payload, ()):
-            _wake(stream)
-
-    def _on_listener_lost(self, _conn: Any) -> None:
-        # Notifications may have been missed: wake everyone so they re-check (and re-listen).
-        self._alarm_event.set()
-        for streams in self._subscribers.values():
-            for stream in streams:
-                _wake(stream)
+        return self._listener.subscribe(workflow_id)
 
     async def close(self) -> None:
         """Close the LISTEN connection and the pool (waiting for calls in flight)."""
-        self._closed = True
-        listener, self._listener = self._listener, None
         held, self._held = self._held, None
-        with _errors("close"):
-            if listener is not None:
-                listener.remove_termination_listener(self._on_listener_lost)
-                await listener.close()
+        with _map_errors("close"):
+            await self._listener.close()
             if held is not None:
                 await self._pool.release(held)
             await self._pool.close()
-
-    async def __aenter__(self) -> PostgresStore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-
-class _Wakeups:
-    """Async iterator of wake-ups; a class, not a generator, so it survives cancellation."""
-
-    def __init__(self, store: PostgresStore, receive: MemoryObjectReceiveStream[None]) -> None:
-        self._store = store
-        self._receive = receive
-
-    def __aiter__(self) -> _Wakeups:
-        return self
-
-    async def __anext__(self) -> None:
-        try:
-            await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise StopAsyncIteration from None
-        # After a lost listener, LISTEN again before the caller re-checks, so a message
-        # written in between cannot go unnoticed.
-        await self._store._ensure_listener()
-
-
-def _wake(stream: MemoryObjectSendStream[None]) -> None:
-    try:
-        stream.send_nowait(None)
-    except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        pass  # a wake-up is already queued (one is enough), or the subscriber is leaving

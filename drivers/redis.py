@@ -14,7 +14,8 @@ even for the empty id):
 ``N:s:{N}:state:<state>``  zset    registered ids in that state
 =========================  ======  ===================================================
 
-Channels: ``N:msg:W`` (a message was written for W) and ``N:due`` (an alarm was set).
+Channels: ``N:msg:W`` (a message was written for W) and ``N:due`` (an alarm was set); the
+subscriptions and the connection pool are in ``_redis_client``.
 
 Every write of a driver is one Lua script (EVALSHA, reloaded on NOSCRIPT) that checks the
 lease when the driver is fenced, then updates the hash and the index together, so a batch is
@@ -29,21 +30,21 @@ needs a single Redis primary (not a cluster).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Any, cast
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Self, cast
 
 import anyio
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import RedisError
 
 from drivers import _redis_scripts as scripts
+from drivers._common import ErrorMap, Lifecycle, check_writes, latest_writes, prefix_end, store_url
 from drivers._redis_batching import ScriptCalls
+from drivers._redis_client import Subscriptions, WaitingPool
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
-from engine.errors import LeaseLostError, SerializationError, StorageError
 from engine.state import WorkflowState
 from engine.store import Lease, Registration, creation_rows
 
@@ -53,80 +54,31 @@ STORE = "redis store"
 MAX_VALUE_BYTES = 512 * 1024 * 1024
 MAX_BATCH_BYTES = 1024 * 1024 * 1024 - 1024 * 1024
 DEFAULT_RETRIES = 3
-# How long one pub/sub read waits before looping; keeps reads short and cancellable.
-_PUBSUB_READ_SECONDS = 1.0
-_SUBSCRIBE_CONFIRM_SECONDS = 5.0
-
-
-@contextmanager
-def _map_errors(operation: str) -> Iterator[None]:
-    """Turn any client failure into the engine's StorageError, naming the operation."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:  # OSError: a socket error redis-py did not wrap
-        raise StorageError(STORE, operation, exc) from exc
+DEFAULT_NAMESPACE = "durable"
+# OSError: a socket error redis-py did not wrap.
+_map_errors = ErrorMap(STORE, RedisError, OSError)
 
 
 def _check_sizes(writes: Sequence[tuple[object, object]]) -> None:
     """Reject non-bytes and oversized data before anything is sent, so nothing half-lands."""
-    total = 0
-    for key, value in writes:
-        if not isinstance(key, bytes | bytearray):
-            raise TypeError(f"driver keys are bytes, got {type(key).__name__}")
-        if value is not None and not isinstance(value, bytes | bytearray):
-            raise TypeError(f"driver values are bytes or None, got {type(value).__name__}")
-        for part in (key, value or b""):
-            if len(part) > MAX_VALUE_BYTES:
-                raise SerializationError(
-                    f"{STORE}: key {bytes(key[:64])!r} holds {len(part)} bytes, over the "
-                    f"{MAX_VALUE_BYTES}-byte limit of a Redis string"
-                )
-        total += len(key) + len(value or b"")
-    if total > MAX_BATCH_BYTES:
-        raise SerializationError(
-            f"{STORE}: batch of {len(writes)} writes holds {total} bytes, over the "
-            f"{MAX_BATCH_BYTES}-byte limit of one Redis request"
-        )
+    # Keys are hash fields and zset members: Redis strings, capped like values.
+    check_writes(STORE, writes, MAX_VALUE_BYTES, MAX_VALUE_BYTES, MAX_BATCH_BYTES)
 
 
 def _ops(writes: Sequence[tuple[bytes, bytes | None]]) -> list[bytes | str]:
     """The script ops of a batch; later writes of a key win, so each key is applied once."""
-    last = {bytes(k): None if v is None else bytes(v) for k, v in writes}
     ops: list[bytes | str] = []
-    for key, value in last.items():
+    for key, value in latest_writes(writes).items():
         ops += ["D", key, ""] if value is None else ["S", key, value]
     return ops
 
 
 def _prefix_bounds(prefix: bytes) -> tuple[bytes, bytes]:
     """ZRANGEBYLEX bounds of every key starting with ``prefix`` (0xff tails included)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
+    end = prefix_end(prefix)
+    if end is None:
         return (b"[" + prefix if prefix else b"-"), b"+"
-    return b"[" + prefix, b"(" + stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-async def _close(pubsub: PubSub) -> None:
-    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-
-
-class _Wakeups:
-    """Yields None for each message published on one subscribed channel."""
-
-    def __init__(self, pubsub: PubSub) -> None:
-        self._pubsub = pubsub
-
-    def __aiter__(self) -> _Wakeups:
-        return self
-
-    async def __anext__(self) -> None:
-        while True:
-            with _map_errors("subscribe"):
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=_PUBSUB_READ_SECONDS
-                )
-            if message is not None:
-                return None
+    return b"[" + prefix, b"(" + end
 
 
 class RedisDriver:
@@ -147,7 +99,7 @@ class RedisDriver:
                 "write", self._keys, [token, repr(time.time()), *ops]
             )
         if not applied:
-            raise LeaseLostError(STORE, f"{operation} of workflow {self._workflow_id!r}")
+            raise _map_errors.lease_lost(operation, self._workflow_id)
 
     async def get(self, key: bytes) -> bytes | None:
         with _map_errors("get"):
@@ -188,7 +140,7 @@ class RedisDriver:
     # Live mode (engine.driver.WakeSource / Notifier): Redis pub/sub, across processes.
 
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[None]]:
-        return self._store._subscribe(self._channel)
+        return self._store._pubsub.subscribe(self._channel)
 
     async def notify(self, workflow_id: str) -> None:
         # Like MemoryDriver: the engine only notifies the workflow whose driver it wrote with.
@@ -196,44 +148,11 @@ class RedisDriver:
             await self._store._client.publish(self._channel, b"")
 
 
-class _WaitingPool(aioredis.ConnectionPool):
-    """redis-py's pool, except that a call finding every connection busy waits for one.
-
-    redis-py raises ``MaxConnectionsError`` instead (a burst of concurrent starts hit it),
-    and its ``BlockingConnectionPool`` takes a lock on every call, ~13 us per command here,
-    a tenth of a step. This one costs nothing until the pool is exhausted.
-    """
-
-    connection_wait = 30.0
-    _freed: anyio.Event | None = None
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except MaxConnectionsError:
-            pass
-        with anyio.fail_after(self.connection_wait):  # only a call that has to wait pays this
-            while True:
-                if self._freed is None:
-                    self._freed = anyio.Event()
-                await self._freed.wait()
-                try:
-                    return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-                except MaxConnectionsError:
-                    continue
-
-    async def release(self, connection: Any) -> None:
-        await super().release(connection)
-        freed, self._freed = self._freed, None
-        if freed is not None:
-            freed.set()
-
-
-class RedisStore:
+class RedisStore(Lifecycle):
     """Owns the connection pool, the alarm index, the worker index and leases.
 
-    Build it with ``await RedisStore.connect(url)``; ``namespace`` prefixes every key and
-    channel, so stores with different namespaces never see each other.
+    Build it with ``await RedisStore.connect(url)`` (or ``from_url``); ``namespace``
+    prefixes every key and channel, so stores with different namespaces never see each other.
     """
 
     def __init__(
@@ -248,8 +167,7 @@ class RedisStore:
         self._alarms, self._info, self._all = f"{head}:alarms", f"{head}:info", f"{head}:all"
         self._state_head = f"{head}:state:"
         self._due_channel = f"{namespace}:due"
-        self._due_pubsub: PubSub | None = None
-        self._due_lock, self._due_setup_lock = anyio.Lock(), anyio.Lock()
+        self._pubsub = Subscriptions(client, self._due_channel, _map_errors)
         self._scripts = ScriptCalls(
             client,
             {
@@ -267,12 +185,12 @@ class RedisStore:
         cls,
         url: str,
         *,
-        namespace: str = "durable",
+        namespace: str = DEFAULT_NAMESPACE,
         worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
         max_connections: int = 50,
         connection_wait: float = 30.0,
         **client_options: Any,
-    ) -> RedisStore:
+    ) -> Self:
         """Connect and check the server answers; ``client_options`` go to redis-py.
 
         A dropped connection is retried (``DEFAULT_RETRIES`` times unless ``retry`` is given):
@@ -284,7 +202,7 @@ class RedisStore:
         client_options.setdefault(
             "retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), DEFAULT_RETRIES)
         )
-        pool = _WaitingPool.from_url(url, max_connections=max_connections, **client_options)
+        pool = WaitingPool.from_url(url, max_connections=max_connections, **client_options)
         pool.connection_wait = connection_wait
         client = aioredis.Redis(connection_pool=pool)
         try:
@@ -294,6 +212,25 @@ class RedisStore:
             await client.aclose()
             raise
         return cls(client, namespace=namespace, worker_poll_interval=worker_poll_interval)
+
+    @classmethod
+    async def from_url(
+        cls,
+        url: str,
+        *,
+        namespace: str | None = None,
+        worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
+        **options: Any,
+    ) -> Self:
+        """``redis://`` or ``rediss://``: ``connect`` to that server; ``namespace`` is the
+        key prefix (``DEFAULT_NAMESPACE`` when None or empty), ``options`` go to ``connect``."""
+        store_url(url, STORE, ("redis", "rediss"))
+        return await cls.connect(
+            url,
+            namespace=namespace or DEFAULT_NAMESPACE,
+            worker_poll_interval=worker_poll_interval,
+            **options,
+        )
 
     def _workflow_head(self, workflow_id: str) -> str:
         return f"{self.namespace}:w:{{#{workflow_id.encode().hex()}}}"
@@ -325,27 +262,6 @@ class RedisStore:
                 self._alarms, "-inf", repr(cutoff), start=0, num=limit, withscores=True
             )  # type: ignore[assignment]
         return [(member.decode(), float(score)) for member, score in rows]
-
-    @asynccontextmanager
-    async def _subscribe(self, channel: str) -> AsyncIterator[AsyncIterator[None]]:
-        pubsub = self._client.pubsub()
-        try:
-            await self._confirm_subscription(pubsub, channel)
-            yield _Wakeups(pubsub)
-        finally:
-            with anyio.CancelScope(shield=True), _map_errors("unsubscribe"):
-                await _close(pubsub)
-
-    async def _confirm_subscription(self, pubsub: PubSub, channel: str) -> None:
-        """Subscribe and wait for the server's confirmation: no publish after it is missed."""
-        with _map_errors("subscribe"):
-            await pubsub.subscribe(channel)
-            deadline = time.monotonic() + _SUBSCRIBE_CONFIRM_SECONDS
-            while (remaining := deadline - time.monotonic()) > 0:
-                message = await pubsub.get_message(timeout=remaining)
-                if message is not None and message["type"] == "subscribe":
-                    return
-        raise StorageError(STORE, f"subscribe to {channel!r} (no confirmation)")
 
     # Worker support (engine.store.WorkerStore).
 
@@ -462,7 +378,7 @@ class RedisStore:
         with _map_errors("finish_run"):
             finished = await self._scripts("finish", keys, args)
         if not finished:
-            raise LeaseLostError(STORE, f"finish_run of workflow {workflow_id!r}")
+            raise _map_errors.lease_lost("finish_run", workflow_id)
 
     async def wait_for_due(self, timeout: float) -> None:
         """Return on the next ``set_alarm`` anywhere, or after ``timeout`` seconds.
@@ -470,51 +386,11 @@ class RedisStore:
         One subscription lives as long as the store, so an alarm set between two calls is
         still buffered on the connection and seen by the next call.
         """
-        deadline = time.monotonic() + timeout
-        pubsub = await self._due_subscription()
-        with anyio.move_on_after(timeout):
-            async with self._due_lock:
-                while (remaining := deadline - time.monotonic()) > 0:
-                    with _map_errors("wait_for_due"):
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True,
-                            timeout=min(remaining, _PUBSUB_READ_SECONDS),
-                        )
-                        if message is None:
-                            continue
-                        # Several alarms set meanwhile call for one claim pass, not many.
-                        while await pubsub.get_message(timeout=0) is not None:
-                            pass
-                    return
-
-    async def _due_subscription(self) -> PubSub:
-        # Shielded (subscribing has its own time limit): even a zero timeout leaves the store
-        # holding the subscription that buffers wake-ups for the next call.
-        with anyio.CancelScope(shield=True):
-            async with self._due_setup_lock:
-                if self._due_pubsub is None:
-                    pubsub = self._client.pubsub()
-                    try:
-                        await self._confirm_subscription(pubsub, self._due_channel)
-                    except BaseException:
-                        await _close(pubsub)
-                        raise
-                    self._due_pubsub = pubsub
-        if self._due_pubsub is None:  # close() ran meanwhile
-            raise StorageError(STORE, "wait_for_due (store closed)")
-        return self._due_pubsub
+        await self._pubsub.wait_for_due(timeout)
 
     async def close(self) -> None:
         """Close the wake-up subscription and every pooled connection."""
         with anyio.CancelScope(shield=True), _map_errors("close"):
             await self._scripts.wait_idle()
-            if self._due_pubsub is not None:
-                await _close(self._due_pubsub)
-                self._due_pubsub = None
+            await self._pubsub.close()
             await self._client.aclose()
-
-    async def __aenter__(self) -> RedisStore:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()

@@ -1,16 +1,10 @@
 """``python -m engine worker``: run a Worker in its own process, logging JSON lines.
 
-The store is chosen by URL scheme and its driver module is imported by name only when asked
-for, so ``engine`` never imports ``drivers`` (nor their client libraries) up front:
-
-============================  ===================================================
-URL                           store
-============================  ===================================================
-``redis://``, ``rediss://``   ``drivers.redis.RedisStore`` (``--namespace`` = key prefix)
-``postgresql://``             ``drivers.postgres.PostgresStore`` (``--namespace`` = schema)
-``leveldb:///path``           ``drivers.leveldb.LevelDBStore`` (one process per directory)
-``memory://``                 ``drivers.memory.MemoryStore`` (nothing shared: demos only)
-============================  ===================================================
+The store is chosen by URL scheme in ``_STORES``, the one place that knows the stores, and
+its module is imported by name only when asked for, so ``engine`` never imports ``drivers``
+(nor their client libraries) up front. Each store's ``from_url`` says what its URL holds and
+what ``--namespace`` means for it (the Redis key prefix, the Postgres schema; memory and
+LevelDB have none).
 """
 
 from __future__ import annotations
@@ -23,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -38,14 +32,14 @@ from engine.runner import WorkflowFn
 from engine.store import WorkerStore
 from engine.worker import Worker
 
-# scheme -> (driver module, store class)
+# URL scheme -> "module:Class" of a store with ``async from_url``. Adding a store is one line.
 _STORES = {
-    "redis": ("drivers.redis", "RedisStore"),
-    "rediss": ("drivers.redis", "RedisStore"),
-    "postgresql": ("drivers.postgres", "PostgresStore"),
-    "postgres": ("drivers.postgres", "PostgresStore"),
-    "leveldb": ("drivers.leveldb", "LevelDBStore"),
-    "memory": ("drivers.memory", "MemoryStore"),
+    "redis": "drivers.redis:RedisStore",
+    "rediss": "drivers.redis:RedisStore",
+    "postgresql": "drivers.postgres:PostgresStore",
+    "postgres": "drivers.postgres:PostgresStore",
+    "leveldb": "drivers.leveldb:LevelDBStore",
+    "memory": "drivers.memory:MemoryStore",
 }
 
 
@@ -59,32 +53,21 @@ async def open_store(
     """Open the store a URL names and close it on exit.
 
     ``namespace`` is the Redis key prefix or the Postgres schema (each driver's default
-    when None); other stores have no namespace.
+    when None); the other stores have none and refuse one.
     """
     scheme = urlsplit(url).scheme.lower()
     if scheme not in _STORES:
         known = ", ".join(f"{s}://" for s in _STORES)
         raise ValueError(f"unknown store URL scheme in {url!r}; expected one of {known}")
-    module_name, class_name = _STORES[scheme]
+    module_name, _, class_name = _STORES[scheme].partition(":")
     cls: Any = getattr(importlib.import_module(module_name), class_name)
-    options: dict[str, Any] = {"worker_poll_interval": worker_poll_interval}
-    if scheme in ("redis", "rediss"):
-        if namespace:
-            options["namespace"] = namespace
-        store = await cls.connect(url, **options)
-    elif scheme in ("postgresql", "postgres"):
-        if namespace:
-            options["schema"] = namespace
-        store = await cls.connect(url, **options)
-    elif scheme == "leveldb":
-        path = unquote(urlsplit(url).path)
-        if not path:
-            raise ValueError(f"leveldb URL needs a path, like leveldb:///var/lib/wf: {url!r}")
-        store = cls(path, **options)
-    else:
-        store = cls(**options)
-    async with store:
+    store: WorkerStore = await cls.from_url(
+        url, namespace=namespace, worker_poll_interval=worker_poll_interval
+    )
+    try:
         yield store
+    finally:
+        await store.close()
 
 
 def load_registry(spec: str) -> Mapping[str, WorkflowFn]:

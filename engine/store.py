@@ -1,9 +1,14 @@
 """What a store (the owner of many workflows' namespaces) offers the engine and its workers.
 
 ``Store`` is the contract's minimum: isolated drivers, due alarms, close. ``WorkerStore`` adds
-what many worker processes sharing one store need: an index of workflows by state, claims
-under a lease with a fencing token, and drivers whose every write checks that token in the
-same atomic operation (so a worker that lost its lease cannot write).
+what many worker processes sharing one store need, in two parts: a ``WorkflowIndex`` of
+workflows by state, and ``Claims`` under a lease with a fencing token, with drivers whose
+every write checks that token in the same atomic operation (so a worker that lost its lease
+cannot write).
+
+A store is opened from a URL by ``engine.cli.open_store``, which finds its class by URL
+scheme and calls its ``async from_url(url, *, namespace=None, worker_poll_interval=...,
+**options)``.
 """
 
 from __future__ import annotations
@@ -52,39 +57,13 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
 
+# "Atomically" below means one operation that lands entirely or not at all (a Lua script, one
+# SQL statement, one LevelDB write batch). The conformance suite checks every clause.
+
+
 @runtime_checkable
-class WorkerStore(Store, Protocol):
-    """A store that workers in several processes can share.
-
-    Contract for implementers (the conformance suite checks it). "Atomically" means one
-    operation that lands entirely or not at all (a Lua script, one SQL statement, one
-    LevelDB write batch):
-
-    - ``create_workflow(workflow_id, name, writes, wake_at, owner=None, lease=0.0)``: if the
-      id is absent from the index, atomically add it (``name``, state ``pending``), apply
-      ``writes`` to its namespace and set its alarm to ``wake_at``; with an ``owner``, also
-      claim it for ``lease`` seconds (the returned lease's ``rows`` are the ``writes``, its
-      ``wake_at`` the alarm set) and send no wake-up, since no one else may run it. If the
-      id exists, change nothing and report the registered name.
-    - ``claim_due`` atomically claims up to ``limit`` workflows whose alarm is due and whose
-      lease is absent or expired; each claim increments the workflow's token and carries
-      the workflow's namespace in ``rows``, read in the same atomic operation.
-    - ``renew`` extends a lease only if its token is still current and unexpired.
-    - ``fenced_driver(lease)`` returns a driver for that workflow whose ``set``, ``delete``,
-      ``delete_prefix``, ``delete_range`` and ``batch`` apply only if the lease's token is
-      current and unexpired, checked in the same atomic operation as the write; otherwise
-      they raise ``engine.errors.LeaseLostError`` and write nothing.
-    - ``finish_run(lease, writes, state, wake_at)``: a run is over. Fenced like a write,
-      and atomically: apply ``writes``, record ``state`` in the index, settle the alarm and
-      release the lease (its token stays used). Settling: if the alarm still holds the
-      claimed ``lease.wake_at``, it becomes ``wake_at`` (deleted when None); an alarm set
-      since the claim (a message, a new deadline) is kept, lowered to ``wake_at`` if that
-      is earlier.
-    - ``release(lease)`` gives a lease up early (the token stays used); a lease that is no
-      longer current is left alone.
-    - ``wait_for_due(timeout)`` returns when an alarm may have become due (a pub/sub or
-      LISTEN/NOTIFY wake-up where the backend has one) or after ``timeout`` seconds.
-    """
+class WorkflowIndex(Protocol):
+    """The workflows a store holds, by id, with their registered name and state."""
 
     async def create_workflow(
         self,
@@ -94,23 +73,86 @@ class WorkerStore(Store, Protocol):
         wake_at: float,
         owner: str | None = None,
         lease: float = 0.0,
-    ) -> Registration: ...
-    async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None: ...
-    async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]: ...
+    ) -> Registration:
+        """Register a workflow, if its id is new.
+
+        If the id is absent from the index, atomically add it (``name``, state ``pending``),
+        apply ``writes`` to its namespace and set its alarm to ``wake_at``; with an
+        ``owner``, also claim it for ``lease`` seconds (the returned lease's ``rows`` are the
+        ``writes``, its ``wake_at`` the alarm set) and send no wake-up, since no one else may
+        run it. If the id exists, change nothing and report the registered name.
+        """
+        ...
+
+    async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
+        """The registered ``(name, state)`` of a workflow; None for an unknown id."""
+        ...
+
+    async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` workflow ids in id order: all of them, or those in ``state``."""
+        ...
+
+
+@runtime_checkable
+class Claims(Protocol):
+    """Leases on workflows, each with a fencing token that every write of its holder checks."""
+
     async def claim_due(
         self, owner: str, lease: float, limit: int, now: float | None = None
-    ) -> list[Lease]: ...
-    async def renew(self, lease: Lease, duration: float) -> Lease | None: ...
-    async def release(self, lease: Lease) -> None: ...
-    def fenced_driver(self, lease: Lease) -> EngineDriver: ...
+    ) -> list[Lease]:
+        """Atomically claim up to ``limit`` workflows whose alarm is due at ``now`` (the
+        current time when None) and whose lease is absent or expired, for ``lease`` seconds.
+
+        Each claim increments the workflow's token and carries the workflow's namespace in
+        ``rows``, read in the same atomic operation.
+        """
+        ...
+
+    async def renew(self, lease: Lease, duration: float) -> Lease | None:
+        """Extend a lease by ``duration`` seconds from now, only if its token is still current
+        and unexpired; None if it is not (the holder lost it)."""
+        ...
+
+    async def release(self, lease: Lease) -> None:
+        """Give a lease up early (the token stays used); a lease that is no longer current is
+        left alone."""
+        ...
+
+    def fenced_driver(self, lease: Lease) -> EngineDriver:
+        """A driver for the lease's workflow whose writes apply only under that lease.
+
+        Its ``set``, ``delete``, ``delete_prefix``, ``delete_range`` and ``batch`` apply only
+        if the lease's token is current and unexpired, checked in the same atomic operation
+        as the write; otherwise they raise ``engine.errors.LeaseLostError`` and write nothing.
+        """
+        ...
+
     async def finish_run(
         self,
         lease: Lease,
         writes: Sequence[tuple[bytes, bytes | None]],
         state: str,
         wake_at: float | None,
-    ) -> None: ...
-    async def wait_for_due(self, timeout: float) -> None: ...
+    ) -> None:
+        """End a claimed run: fenced like a write, and atomically apply ``writes``, record
+        ``state`` in the index, settle the alarm and release the lease (its token stays used).
+
+        Settling (``settled_alarm``): if the alarm still holds the claimed ``lease.wake_at``,
+        it becomes ``wake_at`` (deleted when None); an alarm set since the claim (a message, a
+        new deadline) is kept, lowered to ``wake_at`` if that is earlier.
+        """
+        ...
+
+    async def wait_for_due(self, timeout: float) -> None:
+        """Return when an alarm may have become due (a pub/sub or LISTEN/NOTIFY wake-up where
+        the backend has one) or after ``timeout`` seconds."""
+        ...
+
+
+@runtime_checkable
+class WorkerStore(Store, WorkflowIndex, Claims, Protocol):
+    """A store that workers in several processes can share: a ``Store`` with a
+    ``WorkflowIndex`` and ``Claims``."""
 
 
 def settled_alarm(

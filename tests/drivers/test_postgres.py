@@ -210,7 +210,7 @@ async def test_subscribe_gets_notifications_for_its_workflow_only() -> None:
             # A lost LISTEN connection wakes the subscriber, which then listens again.
             admin = await admin_connection()
             try:
-                pid = store._listener.get_server_pid()
+                pid = store._listener.connection.get_server_pid()
                 await admin.execute("SELECT pg_terminate_backend($1)", pid)
             finally:
                 await admin.close()
