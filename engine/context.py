@@ -65,7 +65,8 @@ class WorkflowContext:
         self.in_branch = in_branch  # inside a join or race branch: siblings may run beside it
         self._cursor = 0
         self._used: set[str] = set()
-        self._busy: tuple[str, str] | None = None  # (kind, name) of the operation in flight
+        self._busy: Site[WorkflowContext] | None = None  # the operation in flight
+        self._recorded: list[Node] | None = None  # the scope's recorded entries, in order
 
     @property
     def queue(self) -> Queue:
@@ -180,7 +181,9 @@ class WorkflowContext:
                 "(use ctx.join for concurrency)"
             )
         storage = run.storage
-        index = storage.intern(name)
+        index = storage.names.by_name.get(name)
+        if index is None:
+            index = storage.intern(name)
         location = (*self.scope, index)
         if name in self._used:
             raise HistoryDivergedError(
@@ -188,7 +191,9 @@ class WorkflowContext:
                 f"{run.path(self.scope)} (at {run.path(location)}); names must be unique per scope"
             )
         pos = self._cursor
-        recorded = self.scope_node.ordered()
+        recorded = self._recorded
+        if recorded is None:
+            recorded = self._recorded = self.scope_node.ordered()
         if pos < len(recorded):
             held = recorded[pos]
             held_kind = held.entry.kind if held.entry else "?"
@@ -205,13 +210,12 @@ class WorkflowContext:
             node = self.scope_node.child(index)
         self._cursor += 1
         self._used.add(name)
-        self._busy = (kind, name)
-        return Site(self, name, kind, location, node, pos)
+        self._busy = site = Site(self, name, kind, location, node, pos)
+        return site
 
     def _busy_text(self) -> str:
         assert self._busy is not None
-        kind, name = self._busy
-        return f"{kind} {name!r}"
+        return f"{self._busy.kind} {self._busy.name!r}"
 
     def release(self) -> None:
         """The operation in flight ended: the scope is free for its next one."""

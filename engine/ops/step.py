@@ -127,7 +127,7 @@ def validate(
 
 
 async def run_step(site: Site[S], fn: Callable[[], T | Awaitable[T]], options: StepOptions) -> T:
-    with site:
+    try:  # ``with site:`` spelled out: this is the hottest path of a replay
         run = site.run
         storage = run.storage
         if storage.owed:
@@ -180,6 +180,8 @@ async def run_step(site: Site[S], fn: Callable[[], T | Awaitable[T]], options: S
             if options.rollback is not None:
                 _register_rollback(run, site, done, options.rollback)
             return done.output  # type: ignore[no-any-return]
+    finally:
+        site.ctx.release()
 
 
 async def _attempt(fn: Callable[[], Any], timeout: float, site: Site[S]) -> Any:

@@ -64,6 +64,7 @@ class Storage:
         self._in_flight = False
         self._flushed_event: anyio.Event | None = None  # made only when a flush must wait
         self._dirty_fields: set[Field] = set()
+        self._known_names = 0  # names loaded: a location using a higher index is corrupted
 
     # Loading
 
@@ -92,6 +93,7 @@ class Storage:
             for key, raw in table[Prefix.NAMES]:
                 where.key = key
                 self.names.load(keys.parse_name_key(key), wire.parse_name(raw, where))
+            self._known_names = len(self.names)
             where.family = "field"
             for key, raw in table[Prefix.FIELDS]:
                 where.key = key
@@ -203,8 +205,8 @@ class Storage:
 
     def _node_for_key(self, key: bytes) -> Node:
         """The node of a loaded history or metadata key (its suffix is taken from the key)."""
-        location = keys.parse_location_key(key)
-        known = len(self.names)
+        location = keys.parse_location(key, _PREFIX_LEN)
+        known = self._known_names
         node = self.root
         if len(location) == 1:  # a top-level entry: most of them
             segment = location[0]
@@ -212,7 +214,7 @@ class Storage:
                 raise ValueError(f"its location {location!r} uses a name that is not stored")
             child = node.children.get(segment)
             if child is None:
-                child = node.children[segment] = Node(segment, suffix=key[_PREFIX_LEN:])
+                child = node.children[segment] = Node(segment, key[_PREFIX_LEN:])
             return child
         for depth, segment in enumerate(location):
             if type(segment) is int:
