@@ -16,7 +16,14 @@ from typing import Any, Self
 
 import anyio
 
-from drivers._common import ErrorMap, Lifecycle, check_writes, refuse_namespace, store_url
+from drivers._common import (
+    ErrorMap,
+    Lifecycle,
+    check_writes,
+    prefix_end,
+    refuse_namespace,
+    store_url,
+)
 from drivers._inprocess import InProcessLeases, InProcessWakeups
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.state import WorkflowState
@@ -48,10 +55,10 @@ class _Namespace:
         del self.order[lo:hi]
 
     def prefix_span(self, prefix: bytes) -> tuple[int, int]:
+        """The slice of ``order`` holding the keys that start with ``prefix``: two bisects."""
         lo = bisect.bisect_left(self.order, prefix)
-        hi = lo
-        while hi < len(self.order) and self.order[hi].startswith(prefix):
-            hi += 1
+        end = prefix_end(prefix)
+        hi = len(self.order) if end is None else bisect.bisect_left(self.order, end, lo)
         return lo, hi
 
 
