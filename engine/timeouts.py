@@ -44,7 +44,7 @@ import asyncio
 import math
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -109,7 +109,12 @@ async def _asyncio_within(awaitable: Awaitable[T], seconds: float) -> T:
     if not 0.0 < seconds < math.inf:
         return await awaitable
     deadline = asyncio.get_running_loop().time() + seconds
-    steps = awaitable.__await__()
+    # A coroutine is its own iterator; anything else hands one over with ``__await__``.
+    steps: Generator[Any, Any, T] = (
+        cast("Generator[Any, Any, T]", awaitable)
+        if type(awaitable) is types.CoroutineType
+        else awaitable.__await__()
+    )
     try:
         pending = steps.send(None)
     except StopIteration as finished:

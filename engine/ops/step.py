@@ -15,7 +15,8 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import CoroutineType
+from typing import Any, TypeGuard, TypeVar
 
 import anyio
 
@@ -154,7 +155,14 @@ async def run_step(site: Site[S], fn: Callable[[], T | Awaitable[T]], options: S
             run.scheduler.check_stop()
             attempt = (meta.attempts if meta is not None else 0) + 1
             try:
-                value = await _attempt(fn, options.timeout, site)
+                value = fn()
+                if _awaitable(value):  # an async fn: awaited under the step's timeout
+                    try:
+                        value = await run.await_within(value, options.timeout)
+                    except TimedOut:
+                        raise StepTimeoutError(
+                            f"{site.describe()}: the step ran longer than {options.timeout}s"
+                        ) from None
                 # Only compensable steps need their completion number: it orders rollback
                 # (a failed encode wastes one: harmless).
                 seq = storage.take_seq() if options.rollback is not None else None
@@ -184,14 +192,11 @@ async def run_step(site: Site[S], fn: Callable[[], T | Awaitable[T]], options: S
         site.ctx.release()
 
 
-async def _attempt(fn: Callable[[], Any], timeout: float, site: Site[S]) -> Any:
-    result = fn()
-    if type(result) in _PLAIN or not inspect.isawaitable(result):
-        return result  # a sync fn (the type test spares the slow ABC check of most outputs)
-    try:
-        return await site.run.await_within(result, timeout)
-    except TimedOut:
-        raise StepTimeoutError(f"{site.describe()}: the step ran longer than {timeout}s") from None
+def _awaitable(value: object) -> TypeGuard[Awaitable[Any]]:
+    """Whether ``fn`` returned something to await; the type tests spare most values the
+    slow ABC check of ``inspect.isawaitable``."""
+    kind = type(value)
+    return kind is CoroutineType or (kind not in _PLAIN and inspect.isawaitable(value))
 
 
 _PLAIN = frozenset({dict, list, str, int, float, bool, type(None), tuple, bytes})
