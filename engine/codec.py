@@ -272,6 +272,24 @@ def encode(value: object, what: Description) -> bytes:
     )
 
 
+def decode_text(raw: bytes, what: Description) -> Any:
+    """``decode`` for a record that usually holds a short string (a name, a state): one of
+    up to 31 UTF-8 bytes is read straight off the record, sparing a call into msgpack;
+    anything else is decoded as usual (and checked by the caller)."""
+    # msgpack's fixstr: one byte 0xA0 + length, then the text (the record: 2 + length bytes)
+    if (
+        len(raw) >= 2
+        and raw[0] == FORMAT_VERSION
+        and 0xA0 <= raw[1] <= 0xBF
+        and len(raw) == 2 + raw[1] - 0xA0
+    ):
+        try:
+            return raw[2:].decode()
+        except UnicodeDecodeError:
+            pass
+    return decode(raw, what)
+
+
 def decode(raw: bytes, what: Description) -> Any:
     """Decode one record made by ``encode``; ``what`` names it for the error."""
     if not raw or raw[0] != FORMAT_VERSION:

@@ -177,6 +177,8 @@ def name_key(index: int) -> bytes:
 
 def parse_name_key(key: bytes) -> int:
     """Index of a ``name_key``; raises ``ValueError`` for anything else."""
+    if len(key) == _NAME_KEY_SMALL and key[_NAME_KEY_SMALL - 2] == _INT_ZERO + 1:
+        return key[_NAME_KEY_SMALL - 1]  # one of the first 255 names: read straight off
     location = parse_location(key, len(NAMES_PREFIX))
     if len(location) != 1 or type(location[0]) is not int:
         raise ValueError(f"malformed name key {key!r}")
@@ -273,3 +275,4 @@ def prefix_end(prefix: bytes) -> bytes:
 HISTORY_PREFIX = prefix_key(Prefix.HISTORY)
 METADATA_PREFIX = prefix_key(Prefix.METADATA)
 NAMES_PREFIX = prefix_key(Prefix.NAMES)
+_NAME_KEY_SMALL = len(NAMES_PREFIX) + 2

@@ -11,6 +11,7 @@ nothing changed, so a pure replay never writes.
 from __future__ import annotations
 
 import bisect
+import gc
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -73,7 +74,16 @@ class Storage:
         sorted by key like any ``list``, read by whoever claimed the workflow)."""
         try:
             rows = await self._list(b"") if snapshot is None else snapshot
-            self._load(rows)
+            # Thousands of records become objects here at once, none of them in a cycle:
+            # the collector's passes meanwhile (each walking every tracked object) would
+            # cost more than the decoding itself, and find nothing.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                self._load(rows)
+            finally:
+                if collecting:
+                    gc.enable()
         except CorruptedRecordError:
             self.broken = True  # never write over a store that could not be read
             raise

@@ -314,7 +314,7 @@ def error_bytes(error: ErrorRecord, what: Description) -> bytes:
 
 
 def parse_name(raw: bytes, what: Description) -> str:
-    name = codec.decode(raw, what)
+    name = codec.decode_text(raw, what)
     if type(name) is not str or not name:
         raise ValueError(f"a name must be a non-empty string, got {name!r}")
     return name
@@ -334,7 +334,7 @@ def message_bytes(name: str, data: Any, sent_at: float, what: Description) -> by
 
 
 def parse_string(raw: bytes, what: Description) -> str:
-    return _str(codec.decode(raw, what), "the field")
+    return _str(codec.decode_text(raw, what), "the field")
 
 
 def value_bytes(value: Any, what: Description) -> bytes:
