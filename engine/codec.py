@@ -272,6 +272,14 @@ def encode(value: object, what: Description) -> bytes:
     )
 
 
+def encode_text(text: str, what: Description) -> bytes:
+    """``encode`` for a string (a name, a state): a short ASCII one is written straight,
+    sparing a call into msgpack; the bytes are the same."""
+    if len(text) < 32 and text.isascii() and type(text) is str:
+        return bytes((FORMAT_VERSION, 0xA0 + len(text))) + text.encode()
+    return encode(text, what)
+
+
 def decode_text(raw: bytes, what: Description) -> Any:
     """``decode`` for a record that usually holds a short string (a name, a state): one of
     up to 31 UTF-8 bytes is read straight off the record, sparing a call into msgpack;

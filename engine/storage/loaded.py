@@ -162,8 +162,10 @@ class Storage:
                 yield field, value
 
     async def _list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        listed: list[tuple[bytes, bytes]] = await self._call("list", self.driver.list(prefix))
-        return listed
+        try:
+            return await self.driver.list(prefix)
+        except Exception as exc:
+            raise self._failed("list", exc)  # noqa: B904 - the cause is set in _failed
 
     async def refresh_messages(self) -> bool:
         """Pick up messages written since the last look; True when any arrived."""
@@ -369,7 +371,10 @@ class Storage:
         self._in_flight = True
         try:
             send = self.driver.batch if last is None else last
-            await self._call("batch", send(writes))
+            try:
+                await send(writes)
+            except Exception as exc:
+                raise self._failed("batch", exc)  # noqa: B904 - the cause is set in _failed
         except anyio.get_cancelled_exc_class():
             # Cancelled mid-batch (a race decided, a run ending): whether it landed is
             # unknown, and since a batch only sets or deletes keys, sending it again is
@@ -394,15 +399,15 @@ class Storage:
         if self.on_flushed is not None:
             await self.on_flushed()
 
-    async def _call(self, operation: str, awaitable: Awaitable[Any]) -> Any:
-        try:
-            return await awaitable
-        except StorageError:
-            self.broken = True
-            raise
-        except Exception as exc:
-            self.broken = True
-            raise StorageError(type(self.driver).__name__, operation, exc) from exc
+    def _failed(self, operation: str, exc: Exception) -> StorageError:
+        """A driver call failed: nothing more is written by this run (the store may hold
+        part of what it meant), and the error names the store and the operation."""
+        self.broken = True
+        if isinstance(exc, StorageError):
+            return exc
+        error = StorageError(type(self.driver).__name__, operation, exc)
+        error.__cause__ = exc  # as ``raise error from exc``
+        return error
 
 
 _MESSAGES = keys.prefix_key(Prefix.MESSAGES)

@@ -321,7 +321,7 @@ def parse_name(raw: bytes, what: Description) -> str:
 
 
 def name_bytes(name: str) -> bytes:
-    return codec.encode(name, "name registry entry")
+    return codec.encode_text(name, "name registry entry")
 
 
 def parse_message(key: bytes, raw: bytes, what: Description) -> MessageRecord:
