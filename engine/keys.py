@@ -205,13 +205,9 @@ def encode_segment(segment: int | tuple[int]) -> bytes:
 _ZERO_SEGMENT = bytes((_INT_ZERO,))
 
 
-def parse_location_key(key: bytes) -> Location:
-    """Location of a ``history_key`` or ``metadata_key``."""
-    return parse_location(key, len(HISTORY_PREFIX))
-
-
 def parse_location(data: bytes, start: int = 0) -> Location:
-    """Decode location segments from ``start``: a fast path for what the engine writes
+    """Decode location segments from ``start`` (the location of a ``history_key`` or
+    ``metadata_key`` starts after its table prefix): a fast path for what the engine writes
     (non-negative ints and 1-tuples of them), the general decoder for anything else."""
     end = len(data)
     if end - start == 2 and data[start] == _INT_ZERO + 1:

@@ -31,10 +31,6 @@ class NameRegistry:
             self._names[index] = name
         self.by_name[name] = index
 
-    def index(self, name: str) -> int | None:
-        """The index of a known name, None for a new one."""
-        return self.by_name.get(name)
-
     def add(self, name: str) -> int:
         """Give a new name the next index."""
         index = len(self._names)

@@ -1,8 +1,10 @@
 """One run of one workflow: load, call the function from the top, settle the outcome.
 
-Replay path: ``Storage.load`` reads the namespace (one ``list`` per key prefix); the
-function runs from the top; each operation finds its entry by position in its scope,
-checks name and kind, and returns what was recorded. New operations execute and flush.
+Replay path: ``Storage.load`` reads the namespace (one ``list``, or the rows a worker's
+claim read) and checks every record, so a damaged one raises ``CorruptedRecordError`` before
+the function runs and nothing is written; the function runs from the top; each operation
+finds its entry by position in its scope, checks name and kind, and returns what was
+recorded. New operations execute and flush.
 
 How a run ends:
 

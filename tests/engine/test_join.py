@@ -30,7 +30,7 @@ async def statuses(driver: Any, wid: str, join: str = "j") -> dict[str, str]:
     [join_node] = [n for loc, n in storage.walk() if storage.names.render(loc) == join]
     assert join_node.entry is not None
     return {
-        name: getattr(join_node.children[storage.names.index(name)].meta, "status", "pending")
+        name: getattr(join_node.children[storage.names.by_name[name]].meta, "status", "pending")
         for name in join_node.entry.branches  # type: ignore[union-attr]
     }
 

@@ -82,8 +82,9 @@ def test_out_of_range_and_unsupported_elements_are_refused() -> None:
 
 def test_layout_builders_and_parsers_pair_up() -> None:
     location = (3, (12,), 5)
-    assert keys.parse_location_key(keys.history_key(location)) == location
-    assert keys.parse_location_key(keys.metadata_key(location)) == location
+    start = len(keys.HISTORY_PREFIX)
+    assert keys.parse_location(keys.history_key(location), start) == location
+    assert keys.parse_location(keys.metadata_key(location), start) == location
     assert keys.parse_name_key(keys.name_key(41)) == 41
     assert keys.parse_field_key(keys.field_key(Field.OUTPUT)) is Field.OUTPUT
     assert keys.history_key(location).startswith(keys.prefix_key(Prefix.HISTORY))
