@@ -12,13 +12,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import engine.storage.wire as wire
 from engine import keys
 from engine.driver import EngineDriver, is_notifier
 from engine.errors import CorruptedRecordError
 from engine.keys import Field
 from engine.records import MISSING, ErrorRecord, Metadata
 from engine.state import WorkflowState
-from engine.storage import wire
 from engine.storage.loaded import Storage
 
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+import engine.storage.wire as wire
 from engine import keys
 from engine.driver import EngineDriver
 from engine.errors import CorruptedRecordError, StorageError
@@ -32,7 +33,6 @@ from engine.records import (
     WorkflowFields,
 )
 from engine.state import WorkflowState
-from engine.storage import wire
 from engine.storage.tree import Node, walk
 
 Writes = list[tuple[bytes, bytes | None]]

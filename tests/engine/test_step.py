@@ -207,6 +207,26 @@ async def test_critical_and_rollback_errors_are_not_retried(
         await run_workflow(wid, wf, None, driver).result()
 
 
+async def test_a_runaway_recursion_fails_the_step_at_once(driver: Any, wid: str) -> None:
+    calls = Calls()
+
+    def recurse(depth: int = 0) -> int:
+        if depth == 0:
+            calls.counts["recurse"] += 1
+        return recurse(depth + 1)
+
+    async def wf(ctx: WorkflowContext, _: None) -> None:
+        await ctx.step("deep", recurse, max_retries=5, retry_backoff_base=0.001)
+
+    with pytest.raises(RecursionError):
+        await run_workflow(wid, wf, None, driver).result()
+    assert calls["recurse"] == 1  # the same recursion would blow the stack again: no retry
+    assert await run_workflow(wid, wf, None, driver).get_state() == WorkflowState.FAILED
+    with pytest.raises(WorkflowFailedError, match="RecursionError"):
+        await run_workflow(wid, wf, None, driver).result()
+    assert calls["recurse"] == 1
+
+
 async def test_a_step_over_its_timeout_fails_without_retry(driver: Any, wid: str) -> None:
     calls = Calls()
 
