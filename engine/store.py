@@ -48,6 +48,22 @@ class Registration:
     lease: Lease | None = None
 
 
+@dataclass(frozen=True)
+class WorkflowRow:
+    """One workflow as the index knows it (``WorkflowIndex.workflow_rows``).
+
+    ``state`` is ``running`` while a lease on the workflow is live (held and unexpired),
+    whatever the index recorded last; ``wake_at`` is its alarm (None: none); ``updated_at``
+    when the index last changed it (created, claimed, finished, cancelled), epoch seconds.
+    """
+
+    workflow_id: str
+    name: str
+    state: str
+    wake_at: float | None
+    updated_at: float
+
+
 @runtime_checkable
 class Store(Protocol):
     def driver(self, workflow_id: str) -> EngineDriver: ...
@@ -55,6 +71,20 @@ class Store(Protocol):
         self, now: float | None = None, limit: int = 100
     ) -> list[tuple[str, float]]: ...
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Limits(Protocol):
+    """What a store can hold: the engine checks ids when a run or a start begins and values
+    when it encodes them, so nothing too big or malformed reaches the store half-way."""
+
+    max_value_bytes: int
+    """The largest value the store takes (a step's output, an input, a message) in bytes."""
+
+    def check_workflow_id(self, workflow_id: str) -> None:
+        """Raise ``ValueError`` naming the store and its limit when the store cannot hold
+        ``workflow_id`` (too long in UTF-8, a character it cannot store)."""
+        ...
 
 
 # "Atomically" below means one operation that lands entirely or not at all (a Lua script, one
@@ -92,6 +122,17 @@ class WorkflowIndex(Protocol):
         """Up to ``limit`` workflow ids in id order: all of them, or those in ``state``."""
         ...
 
+    async def workflow_rows(
+        self, *, state: str | None = None, name: str | None = None, limit: int = 100
+    ) -> list[WorkflowRow]:
+        """Up to ``limit`` registered workflows, most recently updated first, those in
+        ``state`` (``running``: a live lease) and registered as ``name`` when given."""
+        ...
+
+    async def workflow_row(self, workflow_id: str) -> WorkflowRow | None:
+        """One workflow's row; None for an id the index does not hold."""
+        ...
+
 
 @runtime_checkable
 class Claims(Protocol):
@@ -118,6 +159,34 @@ class Claims(Protocol):
         left alone."""
         ...
 
+    async def claim(
+        self, workflow_id: str, owner: str, lease: float, name: str, now: float | None = None
+    ) -> Lease | None:
+        """Atomically take one workflow's lease for ``lease`` seconds, whether or not its
+        alarm is due: the lease ``run_workflow`` holds.
+
+        If the workflow's lease is absent or expired at ``now``: increment its token, take
+        the lease, register the workflow in the index if absent (``name``, state
+        ``pending``), and return the lease with ``rows`` (its namespace, read in the same
+        atomic operation) and ``wake_at`` (its alarm then, None if none). If a live lease
+        is held by anyone (the same owner included), change nothing and return None.
+        """
+        ...
+
+    async def post_message(
+        self, workflow_id: str, key: bytes, value: bytes, wake_at: float
+    ) -> None:
+        """Atomically write a message row (``key`` is fresh, not fenced: anyone may send) and
+        set the workflow's alarm to ``wake_at``; then wake live runs and idle workers."""
+        ...
+
+    async def cancel(self, workflow_id: str, writes: Sequence[tuple[bytes, bytes]]) -> None:
+        """Atomically apply ``writes`` (the state field), record state ``cancelled`` in the
+        index (for a registered workflow), clear the alarm and revoke any lease, keeping its
+        token used, so the holder's next write, renewal or ``finish_run`` is refused; then
+        wake the workflow's subscribers."""
+        ...
+
     def fenced_driver(self, lease: Lease) -> EngineDriver:
         """A driver for the lease's workflow whose writes apply only under that lease.
 
@@ -139,7 +208,9 @@ class Claims(Protocol):
 
         Settling (``settled_alarm``): if the alarm still holds the claimed ``lease.wake_at``,
         it becomes ``wake_at`` (deleted when None); an alarm set since the claim (a message, a
-        new deadline) is kept, lowered to ``wake_at`` if that is earlier.
+        new deadline) is kept, lowered to ``wake_at`` if that is earlier. Once it landed, the
+        workflow's subscribers (``driver.subscribe()``) are woken, so a waiting client sees
+        the new state at once.
         """
         ...
 
@@ -150,9 +221,9 @@ class Claims(Protocol):
 
 
 @runtime_checkable
-class WorkerStore(Store, WorkflowIndex, Claims, Protocol):
-    """A store that workers in several processes can share: a ``Store`` with a
-    ``WorkflowIndex`` and ``Claims``."""
+class WorkerStore(Store, Limits, WorkflowIndex, Claims, Protocol):
+    """A store that workers in several processes can share: a ``Store`` with its
+    ``Limits``, a ``WorkflowIndex`` and ``Claims``."""
 
 
 def settled_alarm(
