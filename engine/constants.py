@@ -9,3 +9,5 @@ DEFAULT_WORKER_POLL_INTERVAL = 1.0
 DEFAULT_LEASE = 30.0
 DEFAULT_HEARTBEAT = 10.0
 DEFAULT_WORKER_CONCURRENCY = 20
+DIVERGENCE_BACKOFF = 1.0  # a worker retries a diverged workflow after this, doubling...
+DIVERGENCE_BACKOFF_MAX = 300.0  # ...up to this

@@ -13,8 +13,10 @@ How a run ends:
   the earliest deadline (a wait for messages alone sets none: the sender sets one);
 - evicted: pending writes flushed, alarm set for now so whoever owns the store resumes it;
 - cancelled: state ``cancelled``, alarm cleared;
-- failed: rollback handlers run (unless the failure is a divergence), then state
-  ``failed`` and the error record are written, alarm cleared, and the error is raised.
+- failed: rollback handlers run, then state ``failed`` and the error record are written,
+  alarm cleared, and the error is raised;
+- diverged (``HistoryDivergedError``): nothing is written and the error is raised: the
+  workflow keeps its state and history, and code that matches them resumes it.
 
 A storage failure is never recorded as a workflow failure: the store is not written again
 and the ``StorageError`` propagates; the next run resumes from what landed.
@@ -160,6 +162,9 @@ async def _forward_wakeups(
     driver: WakeSource, scheduler: Scheduler, *, task_status: TaskStatus[None]
 ) -> None:
     async with driver.subscribe() as wakeups:
+        # A message sent after the load but before the subscription took hold has no
+        # wake-up of its own: look once more, now that none can be missed.
+        await scheduler.notify_messages()
         task_status.started()
         async for _ in wakeups:
             await scheduler.notify_messages()
@@ -187,7 +192,19 @@ async def _settle(
     if kind == "suspended":
         deadline = run.scheduler.suspend_deadline
         await _end(run, spec, WorkflowState.SLEEPING, deadline)
-        return WorkflowResult(wid, WorkflowState.SLEEPING, wake_at=deadline)
+        return WorkflowResult(
+            wid,
+            WorkflowState.SLEEPING,
+            wake_at=deadline,
+            waiting_for_messages=run.scheduler.waiting_for,
+        )
+    if kind == "failed" and isinstance(value, HistoryDivergedError):
+        # The code no longer matches history: not the workflow's failure. Nothing is
+        # written (the names this run interned, the state it set at start), so deploying
+        # code that matches resumes it; compensating after a partial replay could undo the
+        # wrong things.
+        storage.discard_pending()
+        raise value
     if kind == "stopped":
         if run.cancelled:
             await _end(run, spec, WorkflowState.CANCELLED, None)
@@ -200,9 +217,7 @@ async def _fail(run: Run, spec: RunSpec, error: BaseException, resumed: bool) ->
     storage = run.storage
     wid = spec.workflow_id
     await run.emit_error(ErrorEvent(wid, "<workflow>", "workflow", 1, error))
-    if run.rollback_handlers and not isinstance(error, HistoryDivergedError):
-        # A divergence means the code no longer matches history: compensating based on a
-        # partial replay could undo the wrong things, so it is left to a human (recover()).
+    if run.rollback_handlers:
         try:
             rollback_error = await run_handlers(run)
         except EvictedError:

@@ -29,11 +29,14 @@ Mode = Literal["yield", "live"]
 
 
 class _Waiter:
-    __slots__ = ("deadline", "event", "wants_messages")
+    __slots__ = ("deadline", "event", "names", "wants_messages")
 
-    def __init__(self, deadline: float | None, wants_messages: bool) -> None:
+    def __init__(
+        self, deadline: float | None, wants_messages: bool, names: frozenset[str] | None
+    ) -> None:
         self.deadline = deadline
         self.wants_messages = wants_messages
+        self.names = names  # the message names it waits for; None: any
         self.event = anyio.Event()
 
 
@@ -59,7 +62,7 @@ class Scheduler:
         self._idle = anyio.Event()
         self.suspended = False
         self.suspend_deadline: float | None = None
-        self.waits_for_messages = False
+        self.waiting_for: list[str] | None = None  # message names when suspended; "*": any
         self.stopped = False
 
     # Accounting
@@ -88,6 +91,7 @@ class Scheduler:
         deadline: float | None,
         ready: Callable[[], bool] = lambda: False,
         wants_messages: bool = False,
+        names: frozenset[str] | None = None,
     ) -> None:
         """Return once ``ready()`` or ``deadline`` passed; raises if the run yields or stops."""
         while True:
@@ -99,7 +103,7 @@ class Scheduler:
                 return
             if self.suspended:
                 raise SuspendSignal()
-            waiter = _Waiter(deadline, wants_messages)
+            waiter = _Waiter(deadline, wants_messages, names)
             timeout = math.inf if deadline is None else deadline - now
             if self.message_poll and wants_messages:
                 timeout = min(timeout, self.poll_interval)
@@ -155,5 +159,15 @@ class Scheduler:
                 return
         self.suspended = True
         self.suspend_deadline = earliest
-        self.waits_for_messages = wants_messages
+        self.waiting_for = _message_names(self._waiters)
         self._wake(lambda _: True)
+
+
+def _message_names(waiters: set[_Waiter]) -> list[str] | None:
+    """The sorted names the message waits among ``waiters`` wait for (``"*"`` for a wait on
+    any name); None when none waits for a message."""
+    names: set[str] = set()
+    for waiter in waiters:
+        if waiter.wants_messages:
+            names.update(("*",) if waiter.names is None else waiter.names)
+    return sorted(names) if names else None

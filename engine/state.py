@@ -24,15 +24,18 @@ class WorkflowState(StrEnum):
 
 @dataclass(frozen=True)
 class WorkflowResult:
-    """How a run ended: completed (with ``output``), sleeping (until ``wake_at`` or a
-    message when ``wake_at`` is None), cancelled, or evicted (``evicted=True``, ``state``
-    is the persisted state)."""
+    """How a run ended: completed (with ``output``), sleeping (until ``wake_at``, or a
+    message in ``waiting_for_messages`` when ``wake_at`` is None), cancelled, or evicted
+    (``evicted=True``, ``state`` is the persisted state)."""
 
     workflow_id: str
     state: WorkflowState
     output: Any = None
     wake_at: float | None = None
     evicted: bool = False
+    waiting_for_messages: list[str] | None = None
+    """Sleeping: the sorted message names it waits for (``"*"``: any name); None when it
+    waits for no message."""
 
 
 @dataclass(frozen=True)

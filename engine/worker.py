@@ -29,8 +29,19 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from engine.constants import DEFAULT_HEARTBEAT, DEFAULT_LEASE, DEFAULT_WORKER_CONCURRENCY
-from engine.errors import CorruptedRecordError, LeaseLostError, StorageError
+from engine.constants import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_LEASE,
+    DEFAULT_WORKER_CONCURRENCY,
+    DIVERGENCE_BACKOFF,
+    DIVERGENCE_BACKOFF_MAX,
+)
+from engine.errors import (
+    CorruptedRecordError,
+    HistoryDivergedError,
+    LeaseLostError,
+    StorageError,
+)
 from engine.handle import WorkflowHandle
 from engine.records import MISSING
 from engine.runner import RunSpec, WorkflowFn
@@ -113,6 +124,7 @@ class Worker:
         self._task_groups: tuple[TaskGroup, TaskGroup] | None = None  # (runs, service)
         self._reserved = 0  # slots promised to eager starts whose store call is under way
         self._more_due = False  # the last claim was skipped or filled every free slot
+        self._divergences: dict[str, int] = {}  # workflow id -> divergences in a row
         self._refill = max(1, concurrency // 4)  # free slots worth a claim when saturated
 
     # Lifecycle
@@ -359,6 +371,9 @@ class Worker:
             self.stats.corrupted += 1
             self._log(logging.ERROR, "corrupted_workflow", wid, error=exc)
             return True
+        except HistoryDivergedError as exc:
+            await self._diverged(slot, exc)
+            return False
         except LeaseLostError as exc:
             # Someone else holds the workflow now; retrying here would make two writers.
             self.stats.fencing_rejections += 1
@@ -382,6 +397,7 @@ class Worker:
                 state=result.state.value,
             )
             return False
+        self._divergences.pop(wid, None)  # it matched its history this time
         if result.evicted:
             self.stats.evicted += 1
         elif result.state == WorkflowState.COMPLETED:
@@ -399,6 +415,27 @@ class Worker:
         )
         await self._settle(slot, result.state)
         return False
+
+    async def _diverged(self, slot: _Slot, error: HistoryDivergedError) -> None:
+        """The deployed code does not match the workflow's history: not its failure. Left as
+        it was and tried again later, backing off (capped), so a deploy of matching code
+        resumes it without a ``recover()``."""
+        wid = slot.lease.workflow_id
+        tries = self._divergences[wid] = self._divergences.get(wid, 0) + 1
+        delay = min(DIVERGENCE_BACKOFF * 2 ** (tries - 1), DIVERGENCE_BACKOFF_MAX)
+        self.stats.diverged += 1
+        self._log(logging.ERROR, "diverged", wid, retry_in=delay, tries=tries, error=error)
+        try:
+            info = await self.store.workflow_info(wid)
+            state = info[1] if info is not None else WorkflowState.PENDING.value
+            await self.store.finish_run(slot.lease, [], state, time.time() + delay)
+            slot.finished = True
+        except LeaseLostError as exc:
+            self.stats.fencing_rejections += 1
+            self._log(logging.WARNING, "fencing_rejected", wid, token=slot.lease.token, error=exc)
+        except StorageError as exc:
+            self.stats.store_errors += 1
+            self._log(logging.WARNING, "store_error", wid, operation="settle", error=exc)
 
     async def _settle(self, slot: _Slot, state: WorkflowState) -> None:
         """For a run that ended without writing (already finished when loaded, say): bring

@@ -29,6 +29,7 @@ class WorkerStats:
     fencing_rejections: int = 0  # the store refused a write: the run was abandoned
     unknown: int = 0  # no registered function (or no stored input): left untouched
     corrupted: int = 0  # a stored record could not be read: left untouched, held off
+    diverged: int = 0  # the code did not match history: left as it was, tried again later
     store_errors: int = 0
 
 

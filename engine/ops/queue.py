@@ -59,7 +59,10 @@ async def run_next(
             return found[:count]
 
         await site.run.scheduler.wait(
-            deadline=deadline, ready=lambda: len(matching()) >= count, wants_messages=True
+            deadline=deadline,
+            ready=lambda: len(matching()) >= count,
+            wants_messages=True,
+            names=names,
         )
         taken = matching()
         for message in taken:

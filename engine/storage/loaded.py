@@ -337,6 +337,12 @@ class Storage:
         self.pending[keys.field_key(field)] = raw
         self._dirty_fields.add(field)
 
+    def discard_pending(self) -> None:
+        """Drop every write not yet flushed (a run that must leave the store as it was)."""
+        self.pending.clear()
+        self._dirty_fields.clear()
+        self.owed = False
+
     def consume(self, message: MessageRecord) -> None:
         self.messages.remove(message)
         self._consumed.add(message.key)

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from engine import EntryInProgressError, HistoryDivergedError, WorkflowContext, run_workflow
+from engine import (
+    EntryInProgressError,
+    HistoryDivergedError,
+    WorkflowContext,
+    WorkflowState,
+    run_workflow,
+)
 from tests.support.workflows import Calls
 
 pytestmark = pytest.mark.anyio
@@ -159,3 +165,59 @@ async def test_an_unawaited_operation_at_the_end_of_the_workflow_is_caught(
 
     with pytest.raises(EntryInProgressError, match="ended while step 'forgot' was not awaited"):
         await run_workflow(wid, wf, None, driver).result()
+
+
+async def test_a_divergence_changes_nothing_and_matching_code_resumes_the_workflow(
+    driver: Any, wid: str
+) -> None:
+    async def original(ctx: WorkflowContext, _: None) -> str:
+        await ctx.step("charge", lambda: "charged")
+        [go] = await ctx.queue.next("go")
+        return str(go)
+
+    async def renamed_step(ctx: WorkflowContext, _: None) -> str:
+        await ctx.step("charge-card", lambda: "charged again")
+        return "never"
+
+    waiting = await run_workflow(wid, original, None, driver).result()
+    assert waiting.state == WorkflowState.SLEEPING
+    before = await driver.list(b"")
+
+    handle = run_workflow(wid, renamed_step, None, driver)
+    with pytest.raises(HistoryDivergedError, match="charge-card"):
+        await handle.result()
+    # Not a failure: state, history and error untouched, nothing written.
+    assert await driver.list(b"") == before
+    assert await handle.get_state() == WorkflowState.SLEEPING
+    assert await handle.get_error() is None
+
+    # The fix deployed (the original code back): it carries on, no recover() needed.
+    handle = run_workflow(wid, original, None, driver)
+    await handle.message("go", "shipped")
+    done = await handle.result()
+    assert (done.state, done.output) == (WorkflowState.COMPLETED, "shipped")
+
+
+async def test_a_divergence_in_a_compensable_workflow_runs_no_compensation(
+    driver: Any, wid: str
+) -> None:
+    undone: list[str] = []
+
+    async def undo(_: Any, output: Any) -> None:
+        undone.append(str(output))
+
+    async def original(ctx: WorkflowContext, _: None) -> None:
+        await ctx.rollback_checkpoint("cp")
+        await ctx.step("reserve", lambda: "r1", rollback=undo)
+        await ctx.queue.next("go")
+
+    async def changed(ctx: WorkflowContext, _: None) -> None:
+        await ctx.rollback_checkpoint("cp")
+        await ctx.step("reserve", lambda: "r1", rollback=undo)
+        await ctx.step("inserted", lambda: 1)
+
+    await run_workflow(wid, original, None, driver).result()
+    with pytest.raises(HistoryDivergedError):
+        await run_workflow(wid, changed, None, driver).result()
+    assert undone == []
+    assert await run_workflow(wid, original, None, driver).get_state() == WorkflowState.SLEEPING

@@ -301,6 +301,44 @@ async def _corrupted(worker: Worker) -> bool:
     return worker.stats.corrupted > 0
 
 
+async def test_a_divergence_is_reported_retried_later_and_resumed_by_matching_code(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = Calls()
+
+    async def original(ctx: WorkflowContext, n: int) -> int:
+        await ctx.step("charge", calls.fn("charge", n))
+        [extra] = await ctx.queue.next("wait")
+        return n + int(extra)
+
+    async def renamed(ctx: WorkflowContext, n: int) -> int:
+        return await ctx.step("charge-card", calls.fn("charge-card", n))
+
+    wid = _wid()
+    await start_workflow(store, "order", wid, 1)
+    async with running(_worker(store, {"order": original})):
+        await wait_until(lambda: all_in_state(store, [wid], "sleeping"), what="sleeping")
+    await send(store, wid, "wait", 2)
+    caplog.set_level(logging.ERROR, logger="engine.worker")
+    bad = _worker(store, {"order": renamed})
+    async with running(bad):
+        await wait_until(lambda: _diverged(bad), what="the divergence")
+    assert bad.stats.failed == 0 and calls["charge-card"] == 0
+    assert await store.workflow_info(wid) == ("order", "sleeping")
+    events = [(getattr(r, "event", None), getattr(r, "fields", {})) for r in caplog.records]
+    [(_, fields)] = [e for e in events if e[0] == "diverged"]
+    assert "charge-card" in fields["error"] and fields["retry_in"] == 1.0
+    # Matching code deployed: it resumes at the backed-off alarm, without recover().
+    good = _worker(store, {"order": original})
+    async with running(good):
+        await wait_until(lambda: all_in_state(store, [wid], "completed"), what="completed")
+    assert await output_of(store, wid) == 3 and calls["charge"] == 1
+
+
+async def _diverged(worker: Worker) -> bool:
+    return worker.stats.diverged > 0
+
+
 async def test_failure_is_logged_and_indexed_as_failed(
     store: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
