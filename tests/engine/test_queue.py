@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
-from engine import WorkflowContext, WorkflowState, keys, run_workflow
+from engine import Loop, WorkflowContext, WorkflowState, keys, run_workflow
 from engine.keys import Prefix
 
 pytestmark = pytest.mark.anyio
@@ -128,3 +128,44 @@ async def test_bad_arguments_are_rejected(
 
     with pytest.raises(ValueError, match=rf"{wid}.*queue.next 'wait': {fragment}"):
         await run_workflow(wid, wf, None, driver).result()
+
+
+async def test_a_sleeping_result_says_which_messages_it_waits_for(store: Any, wid: str) -> None:
+    driver = store.driver(wid)
+
+    async def named(ctx: WorkflowContext, _: None) -> None:
+        await ctx.queue.next("w", names=["shipped", "cancelled"])
+
+    result = await run_workflow(wid, named, None, driver).result()
+    assert result.waiting_for_messages == ["cancelled", "shipped"] and result.wake_at is None
+
+    async def branches(ctx: WorkflowContext, _: None) -> None:
+        async def any_name(b: WorkflowContext) -> None:
+            await b.queue.next("w")
+
+        async def one_name(b: WorkflowContext) -> None:
+            await b.queue.next("w", names=["approve"])
+
+        async def sleeps(b: WorkflowContext) -> None:
+            await b.sleep("s", 3600)
+
+        await ctx.join("j", {"a": any_name, "b": one_name, "c": sleeps})
+
+    result = await run_workflow(f"{wid}-j", branches, None, store.driver(f"{wid}-j")).result()
+    assert result.waiting_for_messages == ["*", "approve"] and result.wake_at is not None
+
+    async def loop_body(ctx: WorkflowContext, _: None) -> None:
+        async def body(it: WorkflowContext, state: Any) -> Any:
+            await it.queue.next("m", names=["tick"])
+            return Loop.continue_(state)
+
+        await ctx.loop("l", body)
+
+    result = await run_workflow(f"{wid}-l", loop_body, None, store.driver(f"{wid}-l")).result()
+    assert result.waiting_for_messages == ["tick"]
+
+    async def only_sleeps(ctx: WorkflowContext, _: None) -> None:
+        await ctx.sleep("s", 3600)
+
+    result = await run_workflow(f"{wid}-s", only_sleeps, None, store.driver(f"{wid}-s")).result()
+    assert result.waiting_for_messages is None and result.wake_at is not None
