@@ -19,6 +19,7 @@ from types import CoroutineType
 from typing import Any, TypeGuard, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from engine.constants import (
     DEFAULT_MAX_RETRIES,
@@ -155,14 +156,7 @@ async def run_step(site: Site[S], fn: Callable[[], T | Awaitable[T]], options: S
             run.scheduler.check_stop()
             attempt = (meta.attempts if meta is not None else 0) + 1
             try:
-                value = fn()
-                if _awaitable(value):  # an async fn: awaited under the step's timeout
-                    try:
-                        value = await run.await_within(value, options.timeout)
-                    except TimedOut:
-                        raise StepTimeoutError(
-                            f"{site.describe()}: the step ran longer than {options.timeout}s"
-                        ) from None
+                value = await _call(fn, options.timeout, run, site)
                 # Only compensable steps need their completion number: it orders rollback
                 # (a failed encode wastes one: harmless).
                 seq = storage.take_seq() if options.rollback is not None else None
@@ -190,6 +184,31 @@ async def run_step(site: Site[S], fn: Callable[[], T | Awaitable[T]], options: S
             return done.output  # type: ignore[no-any-return]
     finally:
         site.ctx.release()
+
+
+async def _call(fn: Callable[[], Any], timeout: float, run: Run, site: Site[S]) -> Any:
+    """Call ``fn`` under ``timeout``: an async one on the event loop, a sync one in a worker
+    thread (so it never blocks the loop, and its timeout holds: the thread cannot be
+    stopped, and what it returns after the timeout is discarded)."""
+    started = time.monotonic()
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return await run.await_within(fn(), timeout)
+        # Boxed: a lambda returning a coroutine is called in the thread too, and trio
+        # refuses a thread function whose result is a coroutine.
+        (value,) = await run.await_within(
+            anyio.to_thread.run_sync(_boxed, fn, abandon_on_cancel=True), timeout
+        )
+        if _awaitable(value):  # a sync callable that returned an awaitable (a lambda)
+            left = timeout - (time.monotonic() - started) if timeout > 0 else 0.0
+            return await run.await_within(value, max(left, 1e-9) if timeout > 0 else 0.0)
+        return value
+    except TimedOut:
+        raise StepTimeoutError(f"{site.describe()}: the step ran longer than {timeout}s") from None
+
+
+def _boxed(fn: Callable[[], Any]) -> tuple[Any]:
+    return (fn(),)
 
 
 def _awaitable(value: object) -> TypeGuard[Awaitable[Any]]:

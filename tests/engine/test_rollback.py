@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -37,8 +37,10 @@ class Ledger:
         self.crash_once: set[str] = set()
         self.state_of: Callable[[], Any] | None = None
 
-    def do(self, key: str) -> Callable[[], str]:
-        def call() -> str:
+    def do(self, key: str) -> Callable[[], Awaitable[str]]:
+        # Async, so it runs on the loop right before its record is taken: ``done`` is in
+        # completion order (sync bodies run in threads, and concurrent ones may overlap).
+        async def call() -> str:
             self.done.append(key)
             return key
 

@@ -243,6 +243,38 @@ async def test_a_step_over_its_timeout_fails_without_retry(driver: Any, wid: str
     assert calls["slow"] == 1
 
 
+async def test_a_blocking_sync_step_times_out_without_stalling_other_runs(
+    store: Any, wid: str
+) -> None:
+    ticks: list[float] = []
+
+    async def blocking(ctx: WorkflowContext, _: None) -> None:
+        await ctx.step("block", lambda: time.sleep(1.5), timeout=0.3, max_retries=0)
+
+    async def ticking(ctx: WorkflowContext, _: None) -> int:
+        for i in range(8):
+            await ctx.step(f"tick-{i}", lambda: ticks.append(time.monotonic()))
+            await ctx.sleep(f"nap-{i}", 0.01)
+        return len(ticks)
+
+    started = time.monotonic()
+    timed_out_after: list[float] = []
+
+    async def run_blocking() -> None:
+        with pytest.raises(StepTimeoutError, match="block"):
+            await run_workflow(wid, blocking, None, store.driver(wid)).result()
+        timed_out_after.append(time.monotonic() - started)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_blocking)
+        other = f"{wid}-other"
+        done = await run_workflow(other, ticking, None, store.driver(other)).result()
+    assert done.output == 8
+    # The step's body is still asleep in its thread: the loop was free all along.
+    assert timed_out_after[0] < 1.2, timed_out_after
+    assert ticks[-1] - started < 1.2, "the other workflow waited for the blocked step"
+
+
 async def test_timeout_zero_disables_the_timeout(driver: Any, wid: str) -> None:
     async def slowish() -> str:
         await anyio.sleep(0.1)
@@ -474,9 +506,7 @@ async def test_a_step_in_a_branch_is_written_before_its_siblings_go_on(
     assert seen == [2]  # the join's own entry and "a"
 
 
-async def test_an_owed_write_lands_before_a_rollback_handler_runs(
-    driver: Any, wid: str
-) -> None:
+async def test_an_owed_write_lands_before_a_rollback_handler_runs(driver: Any, wid: str) -> None:
     seen: list[int] = []
 
     async def undo(_rctx: Any, _output: Any) -> None:

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from engine.records import Entry
+from engine.records import Entry, StepEntry
 from engine.storage import Storage
 
 
@@ -37,3 +37,16 @@ async def recorded_history(driver: Any, workflow_id: str) -> dict[str, Entry | N
         for location, node in storage.walk()
         if node.entry is not None or node.meta is not None
     }
+
+
+async def completion_order(driver: Any, workflow_id: str) -> list[str]:
+    """The paths of the compensable steps whose history is kept, in the order they completed
+    (sync step bodies run in threads, so the order of their effects may differ)."""
+    storage = Storage(driver, workflow_id)
+    await storage.load()
+    done = [
+        (node.entry.seq, storage.names.render(location))
+        for location, node in storage.walk()
+        if isinstance(node.entry, StepEntry) and node.entry.done and node.entry.seq is not None
+    ]
+    return [path for _, path in sorted(done)]
