@@ -10,7 +10,7 @@ operation's logic lives in its own module (``engine.ops``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
 
@@ -87,10 +87,38 @@ class WorkflowContext:
 
     # Operations
 
+    @overload
+    def step(  # an async body: the result is what it returns, awaited
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE,
+        retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        timeout: float = DEFAULT_STEP_TIMEOUT,
+        ephemeral: bool = False,
+        rollback: Callable[[Any, T], Awaitable[None]] | None = None,
+    ) -> Coroutine[Any, Any, T]: ...
+
+    @overload
     def step(
         self,
         name: str,
-        fn: Callable[[], T | Awaitable[T]],
+        fn: Callable[[], T],
+        *,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE,
+        retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
+        timeout: float = DEFAULT_STEP_TIMEOUT,
+        ephemeral: bool = False,
+        rollback: Callable[[Any, T], Awaitable[None]] | None = None,
+    ) -> Coroutine[Any, Any, T]: ...
+
+    def step(
+        self,
+        name: str,
+        fn: Callable[[], Any],
         *,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE,
@@ -98,8 +126,14 @@ class WorkflowContext:
         timeout: float = DEFAULT_STEP_TIMEOUT,
         ephemeral: bool = False,
         rollback: Callable[[Any, Any], Awaitable[None]] | None = None,
-    ) -> Coroutine[Any, Any, T]:
-        """Run ``fn`` once and record its output; on replay return the recorded output."""
+    ) -> Coroutine[Any, Any, Any]:
+        """Run ``fn`` once and record its output; on replay return the recorded output.
+
+        A sync ``fn`` runs in a worker thread (it never blocks the event loop, and its
+        ``timeout`` holds); an async one, or one returning an awaitable, is awaited on the
+        loop. Typed for both: ``await ctx.step("charge", lambda: charge(order_id))`` has the
+        type ``charge`` returns, awaited or not.
+        """
         options = step.validate(
             self.run,
             name,

@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
+from engine.context import WorkflowContext
 from engine.driver import EngineDriver
 from engine.run import ErrorHook, HistoryHook, Run
-from engine.runner import RunSpec, WorkflowFn, execute
+from engine.runner import RunSpec, execute
 from engine.scheduler import Mode
 from engine.state import ErrorInfo, WorkflowResult, WorkflowState
 from engine.storage import commands
 
+InputT = TypeVar("InputT")
+OutputT = TypeVar("OutputT")
+
 
 def run_workflow(
     workflow_id: str,
-    fn: WorkflowFn,
-    input: Any,
+    fn: Callable[[WorkflowContext, InputT], Awaitable[OutputT]],
+    input: InputT,
     driver: EngineDriver,
     *,
     mode: Mode = "yield",
     on_history_updated: HistoryHook | None = None,
     on_error: ErrorHook | None = None,
-) -> WorkflowHandle:
+) -> WorkflowHandle[OutputT]:
     """Prepare a run of ``fn(ctx, input)`` as ``workflow_id`` on ``driver``; no I/O yet."""
     if not isinstance(workflow_id, str) or not workflow_id:
         raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
@@ -37,8 +42,11 @@ def run_workflow(
     return WorkflowHandle(spec)
 
 
-class WorkflowHandle:
-    """Talks to one workflow: runs it once, and reaches it from outside while it runs."""
+class WorkflowHandle(Generic[OutputT]):
+    """Talks to one workflow: runs it once, and reaches it from outside while it runs.
+
+    Generic in the workflow's output: ``result()`` returns a ``WorkflowResult[OutputT]``.
+    """
 
     def __init__(self, spec: RunSpec) -> None:
         self._spec = spec
@@ -47,7 +55,7 @@ class WorkflowHandle:
         self._run: Run | None = None
         self._started = False
         self._done = anyio.Event()
-        self._result: WorkflowResult | None = None
+        self._result: WorkflowResult[OutputT] | None = None
         self._error: BaseException | None = None
         self._error_seen = False
         self._evict_requested = False
@@ -55,7 +63,7 @@ class WorkflowHandle:
 
     # Running
 
-    async def result(self) -> WorkflowResult:
+    async def result(self) -> WorkflowResult[OutputT]:
         """Run until completed, failed, cancelled, evicted or (yield mode) waiting.
 
         Starts the run if it has not started, otherwise waits for it. A run that fails
@@ -85,7 +93,7 @@ class WorkflowHandle:
         if run is not None and self._evict_requested:
             run.stop(cancelled=False)
 
-    async def __aenter__(self) -> WorkflowHandle:
+    async def __aenter__(self) -> WorkflowHandle[OutputT]:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._started = True
@@ -154,8 +162,9 @@ class WorkflowHandle:
     async def get_state(self) -> WorkflowState:
         return await commands.read_state(self._driver, self.workflow_id)
 
-    async def get_output(self) -> Any:
-        return await commands.read_output(self._driver, self.workflow_id)
+    async def get_output(self) -> OutputT | None:
+        output: OutputT | None = await commands.read_output(self._driver, self.workflow_id)
+        return output
 
     async def get_error(self) -> ErrorInfo | None:
         """What failed the workflow (type name, message, traceback text); None unless failed."""

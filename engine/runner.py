@@ -71,7 +71,7 @@ class RunSpec:
     finish: Finisher | None = None  # a worker's claimed run ends through the store
 
 
-async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> WorkflowResult:
+async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> WorkflowResult[Any]:
     """Run the workflow once; ``attach`` receives the live ``Run`` so the handle can reach it."""
     wid = spec.workflow_id
     storage = Storage(spec.driver, wid)
@@ -172,7 +172,7 @@ async def _forward_wakeups(
 
 async def _settle(
     run: Run, spec: RunSpec, kind: str, value: Any, resume_rollback: bool
-) -> WorkflowResult:
+) -> WorkflowResult[Any]:
     storage = run.storage
     wid = spec.workflow_id
     if storage.broken:
@@ -213,7 +213,9 @@ async def _settle(
     return await _fail(run, spec, value, resume_rollback)
 
 
-async def _fail(run: Run, spec: RunSpec, error: BaseException, resumed: bool) -> WorkflowResult:
+async def _fail(
+    run: Run, spec: RunSpec, error: BaseException, resumed: bool
+) -> WorkflowResult[Any]:
     storage = run.storage
     wid = spec.workflow_id
     await run.emit_error(ErrorEvent(wid, "<workflow>", "workflow", 1, error))
@@ -230,7 +232,7 @@ async def _fail(run: Run, spec: RunSpec, error: BaseException, resumed: bool) ->
     raise error
 
 
-async def _evicted(run: Run, spec: RunSpec) -> WorkflowResult:
+async def _evicted(run: Run, spec: RunSpec) -> WorkflowResult[Any]:
     """Stopped from outside: keep what happened and be due now for whoever runs it next."""
     state = run.storage.fields.state or WorkflowState.PENDING
     await _end(run, spec, state, time.time())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Generic, TypeVar
+
+OutputT = TypeVar("OutputT")
 
 
 class WorkflowState(StrEnum):
@@ -23,14 +25,14 @@ class WorkflowState(StrEnum):
 
 
 @dataclass(frozen=True)
-class WorkflowResult:
+class WorkflowResult(Generic[OutputT]):
     """How a run ended: completed (with ``output``), sleeping (until ``wake_at``, or a
     message in ``waiting_for_messages`` when ``wake_at`` is None), cancelled, or evicted
     (``evicted=True``, ``state`` is the persisted state)."""
 
     workflow_id: str
     state: WorkflowState
-    output: Any = None
+    output: OutputT | None = None
     wake_at: float | None = None
     evicted: bool = False
     waiting_for_messages: list[str] | None = None

@@ -58,7 +58,7 @@ class _Slot:
 
     lease: Lease
     renew_at: float  # time.monotonic() of the next renewal; inf while one is under way
-    handle: WorkflowHandle | None = None
+    handle: WorkflowHandle[Any] | None = None
     lost: bool = False
     finished: bool = False  # the run ended through finish_run: lease released, alarm settled
     done: bool = False
@@ -354,13 +354,13 @@ class Worker:
             snapshot=rows,
             finish=finish,
         )
-        handle = WorkflowHandle(spec)
+        handle: WorkflowHandle[Any] = WorkflowHandle(spec)
         slot.handle = handle
         if self._stop.is_set():
             handle.evict()  # stop() ran between the claim and here
         return await self._finish(slot, handle)
 
-    async def _finish(self, slot: _Slot, handle: WorkflowHandle) -> bool:
+    async def _finish(self, slot: _Slot, handle: WorkflowHandle[Any]) -> bool:
         """Wait for the run and settle it; True when the workflow must be held off."""
         wid = slot.lease.workflow_id
         try:
