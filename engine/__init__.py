@@ -24,6 +24,7 @@ from engine.errors import (
     StepExhaustedError,
     StepTimeoutError,
     StorageError,
+    WorkflowBusyError,
     WorkflowError,
     WorkflowFailedError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "StorageError",
     "Worker",
     "WorkerStats",
+    "WorkflowBusyError",
     "WorkflowContext",
     "WorkflowError",
     "WorkflowFailedError",

@@ -56,6 +56,11 @@ class EntryInProgressError(WorkflowError):
     """Raised when an operation starts before the previous one in its scope was awaited."""
 
 
+class WorkflowBusyError(WorkflowError):
+    """Raised when a run starts while the workflow runs elsewhere (its lease is held, or
+    another run on the same bare driver is going on); nothing ran and nothing was written."""
+
+
 class WorkflowFailedError(WorkflowError):
     """Raised when a run meets a workflow that failed on an earlier run.
 
@@ -149,6 +154,7 @@ _ENGINE_ERRORS: dict[str, type[WorkflowError]] = {
         HistoryDivergedError,
         EntryInProgressError,
         WorkflowFailedError,
+        WorkflowBusyError,
         SerializationError,
         CorruptedRecordError,
         StorageError,

@@ -11,8 +11,9 @@ from anyio.abc import TaskGroup
 
 from engine.context import WorkflowContext
 from engine.driver import EngineDriver
+from engine.exclusive import check_workflow_id, run_exclusively
 from engine.run import ErrorHook, HistoryHook, Run
-from engine.runner import RunSpec, execute
+from engine.runner import RunSpec
 from engine.scheduler import Mode
 from engine.state import ErrorInfo, WorkflowResult, WorkflowState
 from engine.storage import commands
@@ -32,8 +33,7 @@ def run_workflow(
     on_error: ErrorHook | None = None,
 ) -> WorkflowHandle[OutputT]:
     """Prepare a run of ``fn(ctx, input)`` as ``workflow_id`` on ``driver``; no I/O yet."""
-    if not isinstance(workflow_id, str) or not workflow_id:
-        raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+    check_workflow_id(workflow_id)
     if not callable(fn):
         raise TypeError(f"workflow {workflow_id!r}: fn must be an async function fn(ctx, input)")
     if mode not in ("yield", "live"):
@@ -82,7 +82,8 @@ class WorkflowHandle(Generic[OutputT]):
     async def _run_once(self) -> None:
         self._started = True
         try:
-            self._result = await execute(self._spec, self._attach)
+            name = getattr(self._spec.fn, "__name__", type(self._spec.fn).__name__)
+            self._result = await run_exclusively(self._spec, self._attach, name)
         except Exception as exc:
             self._error = exc
         finally:

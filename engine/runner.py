@@ -37,6 +37,7 @@ from engine.driver import EngineDriver, WakeSource, is_wake_source
 from engine.errors import (
     EvictedError,
     HistoryDivergedError,
+    LeaseLostError,
     StorageError,
     SuspendSignal,
     WorkflowFailedError,
@@ -68,7 +69,8 @@ class RunSpec:
     on_history_updated: HistoryHook | None
     on_error: ErrorHook | None
     snapshot: Sequence[tuple[bytes, bytes]] | None = None  # the namespace, already read
-    finish: Finisher | None = None  # a worker's claimed run ends through the store
+    finish: Finisher | None = None  # a claimed run ends through the store (finish_run)
+    on_wakeup: Callable[[], None] | None = None  # a live run was woken (a message, a cancel)
 
 
 async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> WorkflowResult[Any]:
@@ -141,7 +143,7 @@ async def _call_beside_coordinator(
     async with anyio.create_task_group() as tg:
         tg.start_soon(scheduler.coordinate)
         if spec.mode == "live" and is_wake_source(spec.driver):
-            await tg.start(_forward_wakeups, spec.driver, scheduler)
+            await tg.start(_forward_wakeups, spec.driver, scheduler, spec.on_wakeup)
         try:
             value = await spec.fn(ctx, input_value)
             ctx.end_scope()
@@ -159,7 +161,11 @@ async def _call_beside_coordinator(
 
 
 async def _forward_wakeups(
-    driver: WakeSource, scheduler: Scheduler, *, task_status: TaskStatus[None]
+    driver: WakeSource,
+    scheduler: Scheduler,
+    on_wakeup: Callable[[], None] | None,
+    *,
+    task_status: TaskStatus[None],
 ) -> None:
     async with driver.subscribe() as wakeups:
         # A message sent after the load but before the subscription took hold has no
@@ -167,6 +173,8 @@ async def _forward_wakeups(
         await scheduler.notify_messages()
         task_status.started()
         async for _ in wakeups:
+            if on_wakeup is not None:
+                on_wakeup()
             await scheduler.notify_messages()
 
 
@@ -176,7 +184,12 @@ async def _settle(
     storage = run.storage
     wid = spec.workflow_id
     if storage.broken:
-        raise _storage_failure(value)
+        failure = _storage_failure(value)
+        if run.cancelled and isinstance(failure, LeaseLostError):
+            # Cancelled from outside: the canceller recorded the state and revoked the
+            # lease, so this run's writes were refused, as they must be.
+            return WorkflowResult(wid, WorkflowState.CANCELLED)
+        raise failure
     if kind == "completed" and resume_rollback:
         # Replay of a failed workflow got further than the failure: run the remaining
         # handlers anyway and keep the recorded error.
@@ -207,7 +220,10 @@ async def _settle(
         raise value
     if kind == "stopped":
         if run.cancelled:
-            await _end(run, spec, WorkflowState.CANCELLED, None)
+            try:
+                await _end(run, spec, WorkflowState.CANCELLED, None)
+            except LeaseLostError:
+                pass  # cancelled from outside: the canceller wrote the state, revoked the lease
             return WorkflowResult(wid, WorkflowState.CANCELLED)
         return await _evicted(run, spec)
     return await _fail(run, spec, value, resume_rollback)
