@@ -1,5 +1,6 @@
 """Durable execution for plain ``async def`` workflows, replayed from key-value history."""
 
+from engine.client import Client, ClientHandle
 from engine.constants import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
     DEFAULT_MAX_RETRIES,
@@ -8,6 +9,7 @@ from engine.constants import (
     DEFAULT_STEP_TIMEOUT,
 )
 from engine.context import WorkflowContext
+from engine.describe import HistoryEntry, WorkflowDescription, WorkflowInfo
 from engine.driver import EngineDriver
 from engine.errors import (
     CorruptedRecordError,
@@ -44,6 +46,8 @@ __all__ = [
     "DEFAULT_RETRY_BACKOFF_BASE",
     "DEFAULT_RETRY_BACKOFF_MAX",
     "DEFAULT_STEP_TIMEOUT",
+    "Client",
+    "ClientHandle",
     "CorruptedRecordError",
     "CriticalError",
     "EngineDriver",
@@ -52,6 +56,7 @@ __all__ = [
     "ErrorInfo",
     "EvictedError",
     "HistoryDivergedError",
+    "HistoryEntry",
     "JoinError",
     "LeaseLostError",
     "Loop",
@@ -70,9 +75,11 @@ __all__ = [
     "WorkerStats",
     "WorkflowBusyError",
     "WorkflowContext",
+    "WorkflowDescription",
     "WorkflowError",
     "WorkflowFailedError",
     "WorkflowHandle",
+    "WorkflowInfo",
     "WorkflowResult",
     "WorkflowState",
     "run_workflow",

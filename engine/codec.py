@@ -242,7 +242,8 @@ def _nesting(value: object) -> str:
 Description = str | Callable[[], str]
 
 
-def _describe(what: Description) -> str:
+def describe(what: Description) -> str:
+    """The text of a description (a callable is called)."""
     return what if isinstance(what, str) else what()
 
 
@@ -267,7 +268,7 @@ def encode(value: object, what: Description) -> bytes:
         if isinstance(exc, RecursionError) or "recursion limit" in problem:
             problem, limit = _nesting(value), _LIMIT
     raise SerializationError(
-        f"{_describe(what)} cannot be stored: {problem} is not serializable "
+        f"{describe(what)} cannot be stored: {problem} is not serializable "
         f"(supported: {_SUPPORTED}{limit})"
     )
 
@@ -303,7 +304,7 @@ def decode(raw: bytes, what: Description) -> Any:
     if not raw or raw[0] != FORMAT_VERSION:
         found = f"format version {raw[0]}" if raw else "an empty record"
         raise CorruptedRecordError(
-            f"{_describe(what)}: found {found}, this engine reads format version {FORMAT_VERSION}"
+            f"{describe(what)}: found {found}, this engine reads format version {FORMAT_VERSION}"
         )
     body = raw[1:]
     try:
@@ -315,4 +316,4 @@ def decode(raw: bytes, what: Description) -> Any:
         problem = f"nested more than {MAX_DEPTH} levels deep, the most this engine reads"
     except Exception as exc:  # msgpack raises several unrelated types on damaged input
         problem = f"{type(exc).__name__}: {exc}"
-    raise CorruptedRecordError(f"{_describe(what)}: damaged record ({problem})")
+    raise CorruptedRecordError(f"{describe(what)}: damaged record ({problem})")

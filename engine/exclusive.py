@@ -30,28 +30,9 @@ from engine.run import Run
 from engine.runner import RunSpec, execute
 from engine.state import WorkflowResult, WorkflowState
 from engine.storage import Writes, commands
-from engine.store import Lease, WorkerStore
+from engine.store import Lease, WorkerStore, bound_store, check_workflow_id
 
 _running_on: set[int] = set()  # id() of the bare drivers a run of this process is using
-
-
-def bound_store(driver: object) -> WorkerStore | None:
-    """The store a driver was handed out by, when it is one that keeps leases."""
-    store = getattr(driver, "store", None)
-    return store if callable(getattr(store, "claim", None)) else None
-
-
-def check_workflow_id(workflow_id: object, store: object = None) -> None:
-    """A workflow id the engine and, when given, the store can hold; ``ValueError`` if not."""
-    if not isinstance(workflow_id, str) or not workflow_id:
-        raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
-    try:
-        workflow_id.encode()
-    except UnicodeEncodeError:
-        raise ValueError(f"workflow_id {workflow_id!r} cannot be encoded as UTF-8") from None
-    check = getattr(store, "check_workflow_id", None)
-    if check is not None:
-        check(workflow_id)
 
 
 async def run_exclusively(

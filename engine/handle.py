@@ -11,12 +11,13 @@ from anyio.abc import TaskGroup
 
 from engine.context import WorkflowContext
 from engine.driver import EngineDriver
-from engine.exclusive import check_workflow_id, run_exclusively
+from engine.exclusive import run_exclusively
 from engine.run import ErrorHook, HistoryHook, Run
 from engine.runner import RunSpec
 from engine.scheduler import Mode
 from engine.state import ErrorInfo, WorkflowResult, WorkflowState
 from engine.storage import commands
+from engine.store import check_workflow_id
 
 InputT = TypeVar("InputT")
 OutputT = TypeVar("OutputT")

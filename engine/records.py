@@ -61,13 +61,15 @@ class SleepEntry:
 
 @dataclass(slots=True, eq=False)
 class MessageEntry:
-    """A message wait: its deadline (None: none) and, once done, the payloads it consumed."""
+    """A message wait: its deadline (None: none), the names it waits for (None: any) and,
+    once done, the payloads it consumed."""
 
     kind: ClassVar[str] = "message"
     pos: int
     deadline: float | None
     done: bool = False
     payloads: list[Any] | None = None
+    names: list[str] | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.storage import commands
-from engine.store import Lease, WorkerStore
+from engine.store import Lease, WorkerStore, check_workflow_id
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,11 @@ async def create(
     lease: float = 0.0,
 ) -> tuple[StartedWorkflow, Lease | None]:
     """``start_workflow``, optionally claiming the new workflow for ``owner`` (eager start)."""
-    if not isinstance(workflow_id, str) or not workflow_id:
-        raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"workflow {workflow_id!r}: name must be a non-empty string")
-    writes = commands.start_writes(workflow_id, name, input)
+    check_workflow_id(workflow_id, store)
+    writes = commands.start_writes(
+        workflow_id, name, input, getattr(store, "max_value_bytes", None)
+    )
     made = await store.create_workflow(workflow_id, name, writes, time.time(), owner, lease)
     return StartedWorkflow(workflow_id, made.name, made.created), made.lease

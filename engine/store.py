@@ -249,3 +249,23 @@ def creation_rows(writes: Sequence[tuple[bytes, bytes | None]]) -> list[tuple[by
             raise TypeError(f"create_workflow writes set values, got a delete of {key!r}")
         rows[bytes(key)] = bytes(value)
     return sorted(rows.items())
+
+
+def bound_store(driver: object) -> WorkerStore | None:
+    """The store a driver was handed out by (its ``store`` attribute), when that store
+    keeps leases: runs on it hold the workflow's lease, messages and cancels go through it."""
+    store = getattr(driver, "store", None)
+    return store if callable(getattr(store, "claim", None)) else None
+
+
+def check_workflow_id(workflow_id: object, store: object = None) -> None:
+    """A workflow id the engine and, when given, the store can hold; ``ValueError`` if not."""
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValueError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+    try:
+        workflow_id.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"workflow_id {workflow_id!r} cannot be encoded as UTF-8") from None
+    check = getattr(store, "check_workflow_id", None)
+    if check is not None:
+        check(workflow_id)

@@ -52,7 +52,8 @@ async def run_next(
             deadline = entry.deadline
         else:
             deadline = None if timeout is None else time.time() + timeout
-            site.record(MessageEntry(site.pos, deadline))
+            wanted = None if names is None else sorted(names)
+            site.record(MessageEntry(site.pos, deadline, names=wanted))
 
         def matching() -> list[MessageRecord]:
             found = [m for m in storage.messages if names is None or m.name in names]
@@ -68,5 +69,6 @@ async def run_next(
         for message in taken:
             storage.consume(message)
         payloads = [message.data for message in taken]
-        site.record(MessageEntry(site.pos, deadline, True, payloads))
+        wanted = None if names is None else sorted(names)
+        site.record(MessageEntry(site.pos, deadline, True, payloads, wanted))
         return payloads

@@ -20,6 +20,7 @@ from engine.keys import Field
 from engine.records import MISSING, ErrorRecord, Metadata
 from engine.state import WorkflowState
 from engine.storage.loaded import Storage
+from engine.store import bound_store
 
 
 async def send_message(driver: EngineDriver, workflow_id: str, name: str, data: Any) -> None:
@@ -29,8 +30,14 @@ async def send_message(driver: EngineDriver, workflow_id: str, name: str, data: 
     Written before the alarm, so a crash in between leaves a message the next run sees.
     """
     sent_at = time.time()
-    raw = wire.message_bytes(name, data, sent_at, f"workflow {workflow_id!r} message {name!r}")
+    what = f"workflow {workflow_id!r} message {name!r}"
+    raw = wire.message_bytes(name, data, sent_at, what)
+    wire.check_size(raw, getattr(driver, "max_value_bytes", None), what)
     key = keys.message_key(time.time_ns(), random.getrandbits(62))
+    store = bound_store(driver)
+    if store is not None:  # the message and its alarm in one atomic call
+        await store.post_message(workflow_id, key, raw, time.time())
+        return
     await driver.batch([(key, raw)])
     await driver.set_alarm(workflow_id, time.time())
     if is_notifier(driver):
@@ -43,9 +50,19 @@ async def request_run(driver: EngineDriver, workflow_id: str) -> None:
 
 
 async def cancel(driver: EngineDriver, workflow_id: str) -> None:
-    """Record the state ``cancelled`` and clear the alarm: later runs skip the function."""
-    state = wire.value_bytes(WorkflowState.CANCELLED.value, "state")
-    await driver.batch([(keys.field_key(Field.STATE), state)])
+    """Record the state ``cancelled`` and clear the alarm: later runs skip the function.
+
+    Through a store, one atomic call that also revokes the lease of a run in progress
+    wherever it runs, so nothing it writes afterwards (its finish included) lands.
+    """
+    state = [
+        (keys.field_key(Field.STATE), wire.value_bytes(WorkflowState.CANCELLED.value, "state"))
+    ]
+    store = bound_store(driver)
+    if store is not None:
+        await store.cancel(workflow_id, state)
+        return
+    await driver.batch(state)
     await driver.clear_alarm(workflow_id)
 
 
@@ -98,14 +115,20 @@ async def read_error(driver: EngineDriver, workflow_id: str) -> ErrorRecord | No
         raise CorruptedRecordError(f"{what}: {exc}") from None
 
 
-def start_writes(workflow_id: str, name: str, input: Any) -> list[tuple[bytes, bytes]]:
+def start_writes(
+    workflow_id: str, name: str, input: Any, max_value_bytes: int | None = None
+) -> list[tuple[bytes, bytes]]:
     """What starting a workflow writes into its namespace: its registered name and input.
 
-    Encoded before anything touches the store: an input that cannot be stored leaves no trace.
+    Encoded (and held to the store's limit) before anything touches the store: an input
+    that cannot be stored leaves no trace.
     """
+    what = f"workflow {workflow_id!r} input"
+    raw_input = wire.value_bytes(input, what)
+    wire.check_size(raw_input, max_value_bytes, what)
     return [
         (keys.field_key(Field.NAME), wire.value_bytes(name, f"workflow {workflow_id!r} name")),
-        (keys.field_key(Field.INPUT), wire.value_bytes(input, f"workflow {workflow_id!r} input")),
+        (keys.field_key(Field.INPUT), raw_input),
     ]
 
 

@@ -66,6 +66,8 @@ class Storage:
         self._flushed_event: anyio.Event | None = None  # made only when a flush must wait
         self._dirty_fields: set[Field] = set()
         self._known_names = 0  # names loaded: a location using a higher index is corrupted
+        # The store's limit on one value: a record over it is refused as it is made.
+        self.max_value_bytes: int | None = getattr(driver, "max_value_bytes", None)
 
     # Loading
 
@@ -247,9 +249,10 @@ class Storage:
     def record(self, location: Location, scope: Node, node: Node, entry: E) -> E:
         """Queue ``entry`` at ``location`` in ``scope``; returns it holding its user values
         as replay will return them (they went through the codec)."""
-        raw = wire.entry_bytes(
-            entry, lambda: f"workflow {self.workflow_id!r} entry {self.names.render(location)}"
-        )
+        what = lambda: f"workflow {self.workflow_id!r} entry {self.names.render(location)}"  # noqa: E731
+        raw = wire.entry_bytes(entry, what)
+        if self.max_value_bytes is not None and len(raw) > self.max_value_bytes:
+            wire.check_size(raw, self.max_value_bytes, what)
         if node.entry is None:
             scope.ordered().append(node)
         node.entry = entry
@@ -297,7 +300,9 @@ class Storage:
 
     def set_input(self, value: Any) -> Any:
         """Queue the input; returns it as every later run will see it."""
-        raw = wire.value_bytes(value, lambda: f"workflow {self.workflow_id!r} input")
+        what = f"workflow {self.workflow_id!r} input"
+        raw = wire.value_bytes(value, what)
+        wire.check_size(raw, self.max_value_bytes, what)
         self.fields.input = wire.parse_value(raw, "input")
         self._queue_field(Field.INPUT, raw)
         return self.fields.input
@@ -305,7 +310,9 @@ class Storage:
     def set_output(self, value: Any) -> Any:
         """Queue the output; returns it as every later run will see it. An unserializable
         value raises here, before anything is queued."""
-        raw = wire.value_bytes(value, lambda: f"workflow {self.workflow_id!r} output")
+        what = f"workflow {self.workflow_id!r} output"
+        raw = wire.value_bytes(value, what)
+        wire.check_size(raw, self.max_value_bytes, what)
         self.fields.output = wire.parse_value(raw, "output")
         self._queue_field(Field.OUTPUT, raw)
         return self.fields.output

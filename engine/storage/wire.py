@@ -12,7 +12,8 @@ entry kind     map (besides ``k`` the kind and ``p`` the position in its scope)
 step           ``d`` done, ``o`` output (when done), ``rb`` + ``s`` completion number
                (a step with a rollback handler)
 sleep          ``w`` wake time, ``d`` done
-message        ``dl`` deadline or None, ``d`` done, ``m`` payloads (when done)
+message        ``dl`` deadline or None, ``d`` done, ``m`` payloads (when done), ``nm`` the
+               names waited for (absent: any)
 join           ``b`` branch names
 race           ``b`` branch names, ``w`` winner or None, ``o`` winner's value (a nested record)
 loop           ``i`` next iteration, ``d`` done, ``st`` state / ``o`` result (nested records)
@@ -33,6 +34,7 @@ from typing import Any
 
 from engine import codec
 from engine.codec import Description
+from engine.errors import SerializationError
 from engine.records import (
     BRANCH_STATUSES,
     REMOVABLE,
@@ -120,7 +122,10 @@ def _message(m: dict[Any, Any], pos: int, what: Description) -> MessageEntry:
     payloads = m["m"] if done else None
     if done and type(payloads) is not list:
         raise ValueError(f"m must be a list of payloads, got {payloads!r}")
-    return MessageEntry(pos, _time(m["dl"], "dl", optional=True), done, payloads)
+    names = m.get("nm")
+    if names is not None:
+        _names(names, "nm")
+    return MessageEntry(pos, _time(m["dl"], "dl", optional=True), done, payloads, names)
 
 
 def _join(m: dict[Any, Any], pos: int, what: Description) -> JoinEntry:
@@ -217,6 +222,8 @@ def entry_bytes(entry: Entry, what: Description) -> bytes:
     elif type(entry) is MessageEntry:
         m["dl"] = entry.deadline
         m["d"] = entry.done
+        if entry.names is not None:
+            m["nm"] = entry.names
         if entry.done:
             m["m"] = entry.payloads  # consumed payloads, already as stored
     elif type(entry) is JoinEntry:
@@ -238,6 +245,16 @@ def entry_bytes(entry: Entry, what: Description) -> bytes:
     elif type(entry) is RemovedEntry:
         m["ot"] = entry.original_type
     return codec.encode(m, what)
+
+
+def check_size(raw: bytes, limit: int | None, what: Description) -> None:
+    """``SerializationError`` when a record is over the store's ``max_value_bytes``: refused
+    as it is made (never retried: it would be as big again), not by the store mid-write."""
+    if limit is not None and len(raw) > limit:
+        raise SerializationError(
+            f"{codec.describe(what)} cannot be stored: it is {len(raw)} bytes, over the "
+            f"store's limit of {limit} bytes"
+        )
 
 
 def _round_trip(value: Any, what: Description) -> tuple[bytes, Any]:
