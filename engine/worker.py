@@ -16,14 +16,12 @@ What it reports (counters and one structured log record per event) is
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import signal
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -50,18 +48,7 @@ from engine.state import WorkflowState
 from engine.storage import Writes, commands
 from engine.store import Lease, WorkerStore
 from engine.worker_events import EventLog, WorkerStats
-
-
-@dataclass
-class _Slot:
-    """One claimed workflow: its current lease and, once started, its run."""
-
-    lease: Lease
-    renew_at: float  # time.monotonic() of the next renewal; inf while one is under way
-    handle: WorkflowHandle[Any] | None = None
-    lost: bool = False
-    finished: bool = False  # the run ended through finish_run: lease released, alarm settled
-    done: bool = False
+from engine.worker_leases import Heartbeat, Slot
 
 
 class Worker:
@@ -116,7 +103,10 @@ class Worker:
         events = EventLog(self.worker_id)
         self._log = events.log
         self._on_error = events.on_step_error
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
+        self._beat = Heartbeat(
+            store, self.lease, self.heartbeat, self._slots, self._log, self._lose
+        )
         self._held: dict[str, Lease] = {}  # unknown workflows, held off for a while
         self._kick = anyio.Event()
         self._stop = anyio.Event()
@@ -145,7 +135,7 @@ class Worker:
             if self.handle_signals:
                 await service.start(self._watch_signals)
             service.start_soon(self._watch_due)
-            service.start_soon(self._heartbeats, service)
+            service.start_soon(self._beat.run, service)
             async with anyio.create_task_group() as runs:
                 service.start_soon(self._enforce_grace, runs)
                 self._task_groups = (runs, service)
@@ -200,7 +190,7 @@ class Worker:
         if lease is not None:
             self.stats.claimed += 1
             if self._task_groups is None or self._stop.is_set():
-                await self._release(lease)  # stopped meanwhile: due now for any worker
+                await self._beat.release(lease)  # stopped meanwhile: due now for any worker
             else:
                 self._start_slot(lease)
         return started
@@ -274,13 +264,13 @@ class Worker:
             # Our own earlier claim expired (this process was paused): that run can no
             # longer write, so it gives way to the fresh claim.
             self._lose(stale)
-        slot = _Slot(lease, time.monotonic() + self.heartbeat)
+        slot = Slot(lease, time.monotonic() + self.heartbeat)
         self._slots[lease.workflow_id] = slot
         runs.start_soon(self._run_slot, slot, service)
 
     # Running one workflow
 
-    async def _run_slot(self, slot: _Slot, service: TaskGroup) -> None:
+    async def _run_slot(self, slot: Slot, service: TaskGroup) -> None:
         wid = slot.lease.workflow_id
         hold = False
         try:
@@ -297,7 +287,7 @@ class Worker:
                 self._held[wid] = slot.lease
                 service.start_soon(self._hold_off, slot.lease)
             elif not slot.finished:
-                await self._release(slot.lease)
+                await self._beat.release(slot.lease)
             free = self.concurrency - len(self._slots) - self._reserved
             if not slot.finished or (self._more_due and free >= self._refill):
                 # A freed slot matters only when workflows were left due for lack of one
@@ -306,7 +296,7 @@ class Worker:
                 # poll) bring the next claim, and an idle claim is a wasted call.
                 self._kick.set()
 
-    async def _execute(self, slot: _Slot) -> bool:
+    async def _execute(self, slot: Slot) -> bool:
         """Run the claimed workflow once; True when it must be held off (unknown name)."""
         lease = slot.lease
         wid = lease.workflow_id
@@ -360,7 +350,7 @@ class Worker:
             handle.evict()  # stop() ran between the claim and here
         return await self._finish(slot, handle)
 
-    async def _finish(self, slot: _Slot, handle: WorkflowHandle[Any]) -> bool:
+    async def _finish(self, slot: Slot, handle: WorkflowHandle[Any]) -> bool:
         """Wait for the run and settle it; True when the workflow must be held off."""
         wid = slot.lease.workflow_id
         try:
@@ -416,7 +406,7 @@ class Worker:
         await self._settle(slot, result.state)
         return False
 
-    async def _diverged(self, slot: _Slot, error: HistoryDivergedError) -> None:
+    async def _diverged(self, slot: Slot, error: HistoryDivergedError) -> None:
         """The deployed code does not match the workflow's history: not its failure. Left as
         it was and tried again later, backing off (capped), so a deploy of matching code
         resumes it without a ``recover()``."""
@@ -437,7 +427,7 @@ class Worker:
             self.stats.store_errors += 1
             self._log(logging.WARNING, "store_error", wid, operation="settle", error=exc)
 
-    async def _settle(self, slot: _Slot, state: WorkflowState) -> None:
+    async def _settle(self, slot: Slot, state: WorkflowState) -> None:
         """For a run that ended without writing (already finished when loaded, say): bring
         the index up to date, consume the claimed alarm and release, in one call."""
         if slot.finished:
@@ -453,44 +443,7 @@ class Worker:
             self.stats.store_errors += 1
             self._log(logging.WARNING, "store_error", wid, operation="settle", error=exc)
 
-    async def _heartbeats(self, service: TaskGroup) -> None:
-        """Renew each running lease ``heartbeat`` seconds after its claim or last renewal.
-
-        One task for the whole worker, not one per run: most runs end before their first
-        renewal, and they then cost no task at all. Each renewal runs in a task of its own,
-        so a slow one holds up no other. It never sleeps past a renewal: any lease claimed
-        while it sleeps is due a whole ``heartbeat`` later, after its wake-up.
-        """
-        while True:
-            now = time.monotonic()
-            for slot in list(self._slots.values()):
-                if slot.renew_at <= now:
-                    slot.renew_at = math.inf
-                    service.start_soon(self._renew, slot)
-            due = min((slot.renew_at for slot in self._slots.values()), default=math.inf)
-            await anyio.sleep(max(0.0, min(due, now + self.heartbeat) - time.monotonic()))
-
-    async def _renew(self, slot: _Slot) -> None:
-        if slot.done:
-            return
-        try:
-            renewed = await self.store.renew(slot.lease, self.lease)
-        except StorageError as exc:
-            self._log(
-                logging.WARNING, "store_error", slot.lease.workflow_id, operation="renew", error=exc
-            )
-            if time.time() < slot.lease.expires_at:
-                slot.renew_at = time.monotonic() + self.heartbeat  # the lease may still hold
-                return
-            renewed = None
-        if renewed is None:
-            if not slot.done:
-                self._lose(slot)
-            return
-        slot.lease = renewed
-        slot.renew_at = time.monotonic() + self.heartbeat
-
-    def _lose(self, slot: _Slot) -> None:
+    def _lose(self, slot: Slot) -> None:
         """The lease is gone: evict the run at once (its writes would be rejected anyway)."""
         if slot.lost:
             return
@@ -507,17 +460,4 @@ class Worker:
                 await self._stop.wait()
         finally:
             self._held.pop(lease.workflow_id, None)
-            await self._release(lease)
-
-    async def _release(self, lease: Lease) -> None:
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.store.release(lease)
-            except StorageError as exc:
-                self._log(
-                    logging.WARNING,
-                    "store_error",
-                    lease.workflow_id,
-                    operation="release",
-                    error=exc,
-                )
+            await self._beat.release(lease)
