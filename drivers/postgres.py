@@ -3,7 +3,7 @@
 Every workflow's namespace is the rows of one ``kv`` table with that ``workflow_id``; keys and
 values are ``bytea``, which compares bytewise, so ``ORDER BY key`` is the byte order drivers
 must give whatever the database's collation. Tables live in one schema (``durable`` by
-default), created idempotently at connect:
+default), created idempotently at connect (``_postgres_pool.create_schema``):
 
 ================  ===============================================================
 table             rows
@@ -12,74 +12,64 @@ schema_version    one row: the layout version (SCHEMA_VERSION), for upgrades
 kv                (workflow_id, key) -> value
 alarms            workflow_id -> wake_at (indexed by wake_at)
 leases            workflow_id -> owner, token, expires_at (token only ever grows)
-workflows         workflow_id -> registered name, state (indexed by state)
+workflows         workflow_id -> registered name, state, updated_at (indexed by state,
+                  and by updated_at, latest first)
 ================  ===============================================================
 
 Each write is one statement, so one round trip and one implicit transaction, and so are the
 worker protocol's compound acts: ``create_workflow`` (the index row, and only if it is new the
 namespace, the alarm and an eager start's lease), a claim (which reads the claimed namespaces
-too) and ``finish_run`` (a run's last writes, its index state, the settled alarm and the
-released lease). Fenced writes (``PostgresStore.fenced_driver``, ``finish_run``) lock the
-lease row ``FOR SHARE`` in a CTE of that same statement and gate every modification on it,
-so a stale worker writes nothing. Wake-ups use LISTEN/NOTIFY on one dedicated connection per
-store (``_postgres_listen``): ``<schema>.messages`` (payload: the workflow id) for live runs
-and ``<schema>.alarms`` for idle workers. Lease expiry is judged on client clocks
-(``time.time()``), like the other stores.
+too), ``post_message`` (the message, its alarm, the wake-ups), ``cancel`` (the state, the
+index, the alarm, the revoked lease) and ``finish_run`` (a run's last writes, its index
+state, the settled alarm and the released lease). Fenced writes (``fenced_driver``,
+``finish_run``) lock the lease row ``FOR SHARE`` in a CTE of that same statement and gate
+every modification on it, so a stale worker writes nothing. Wake-ups use LISTEN/NOTIFY on
+one dedicated connection per store (``_postgres_listen``): ``<schema>.messages`` (payload:
+the workflow id) for live runs and waiting clients, ``<schema>.alarms`` for idle workers.
+Lease expiry is judged on client clocks (``time.time()``), like the other stores.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
-import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, Self
-
-import asyncpg
+from typing import Any, Self
 
 from drivers import _postgres_sql as queries
 from drivers._common import (
-    ErrorMap,
     Lifecycle,
     Writes,
+    check_workflow_id,
     check_writes,
     latest_writes,
     prefix_end,
     store_url,
 )
 from drivers._postgres_listen import Listener, payload
+from drivers._postgres_pool import STORE, Statements, create_schema, map_errors, open_pool
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
-from engine.store import Lease, Registration, creation_rows
+from engine.store import Lease, Registration, WorkflowRow, creation_rows
 
-STORE = "postgres store"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout version. Bump it with every change to ``_postgres_sql.DDL``: a store at an
 older version runs the (idempotent) DDL again when it connects, one at this version does
-not. 2: the claim is the ``claim_due`` function."""
+not. 2: the claim is the ``claim_due`` function. 3: ``workflows.updated_at`` and its index,
+the ``claim`` function."""
 MAX_VALUE_BYTES = 64 * 1024 * 1024
 """Largest value accepted. bytea allows 1 GB, but a value this big already means a step
 output that belongs in blob storage, and asyncpg holds every value of a batch in memory."""
+MAX_WORKFLOW_ID_BYTES = 512
+"""Longest workflow id, in UTF-8. Every table's primary key holds it (kv's beside the key)."""
 MAX_KEY_BYTES = 2048
-"""Keys sit in a B-tree primary key whose entries must stay under ~2.7 kB with the id."""
+"""Longest key. A B-tree entry must fit a third of an 8 kB page, 2704 bytes (BTMaxItemSize),
+and kv's primary key entry is at most 8 (tuple header) + 4 + 512 (the id) + 3 (alignment)
++ 4 + 2048 (the key) = 2579 bytes: room to spare, even for incompressible bytes."""
 DEFAULT_SCHEMA = "durable"
 # Channel names derive from the schema and must fit NAMEDATALEN (63 bytes), hence 48.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-_LOCK_CLASS = 0x64757261  # first key of the schema-creation advisory lock ("dura")
-
-
-# Raised when the server closed a pooled connection (restart, failover, idle kill): the pool
-# replaces it on the next acquire, so an idempotent statement is worth one more attempt.
-_CONNECTION_LOST = (
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.InternalClientError,
-    asyncpg.InterfaceError,
-    ConnectionError,
-)
-_map_errors = ErrorMap(
-    STORE, asyncpg.PostgresError, asyncpg.InternalClientError, OSError, *_CONNECTION_LOST
-)
+_REFUSED_IN_IDS = "\x00"  # text cannot hold NUL
 
 
 def _split(writes: Writes) -> tuple[dict[bytes, bytes], list[bytes]]:
@@ -91,25 +81,30 @@ def _split(writes: Writes) -> tuple[dict[bytes, bytes], list[bytes]]:
 
 
 class PostgresDriver:
-    """One workflow's namespace; with a ``lease``, every write is fenced by its token."""
+    """One workflow's namespace; with a ``lease``, every write is fenced by its token.
+
+    ``store`` is the store that handed it out (``engine.store.bound_store``): runs, messages
+    and cancels of its workflow go through that store's leases.
+    """
 
     def __init__(self, store: PostgresStore, workflow_id: str, lease: Lease | None = None) -> None:
         self.worker_poll_interval = store.worker_poll_interval
-        self._store = store
+        self.max_value_bytes = store.max_value_bytes
+        self.store = store
         self._workflow_id = workflow_id
         self._lease = lease
 
     async def _write(self, operation: str, statement: str, *args: Any) -> None:
         token, now = (self._lease.token, time.time()) if self._lease else (None, None)
         statement += "" if self._lease is None else " fenced"
-        allowed = await self._store._query(
+        allowed = await self.store._query(
             operation, "fetchval", self._workflow_id, token, now, *args, statement=statement
         )
         if not allowed:
-            raise _map_errors.lease_lost(operation, self._workflow_id)
+            raise map_errors.lease_lost(operation, self._workflow_id)
 
     async def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = await self._store._query("get", "fetchval", self._workflow_id, key)
+        value: bytes | None = await self.store._query("get", "fetchval", self._workflow_id, key)
         return value
 
     async def set(self, key: bytes, value: bytes) -> None:
@@ -129,7 +124,7 @@ class PostgresDriver:
     async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         end = prefix_end(prefix)
         statement = "list" if end is not None else "list to end"
-        rows = await self._store._query(
+        rows = await self.store._query(
             "list", "fetch", self._workflow_id, prefix, end, statement=statement
         )
         return [(row[0], row[1]) for row in rows]
@@ -139,7 +134,7 @@ class PostgresDriver:
         if not upserts and not deletes:
             return
         if not deletes and self._lease is None:
-            await self._store._query(
+            await self.store._query(
                 "batch",
                 "execute",
                 self._workflow_id,
@@ -155,42 +150,19 @@ class PostgresDriver:
             await self._write("batch", "batch", list(upserts), list(upserts.values()), deletes)
 
     async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
-        channel = self._store._alarm_channel
-        await self._store._query("set_alarm", "execute", workflow_id, wake_at, channel)
+        channel = self.store._alarm_channel
+        await self.store._query("set_alarm", "execute", workflow_id, wake_at, channel)
 
     async def clear_alarm(self, workflow_id: str) -> None:
-        await self._store._query("clear_alarm", "execute", workflow_id)
+        await self.store._query("clear_alarm", "execute", workflow_id)
 
     # Live-mode hooks (engine.driver.WakeSource and Notifier).
 
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[None]]:
-        return self._store.subscribe(self._workflow_id)
+        return self.store.subscribe(self._workflow_id)
 
     async def notify(self, workflow_id: str) -> None:
-        await self._store.notify(self._workflow_id or workflow_id)
-
-
-def _unusable(connection: Any) -> bool:
-    """True for a held connection that closed, or that asyncpg already took back (it
-    detaches a pooled connection by itself when the server closes it)."""
-    try:
-        return bool(connection.is_closed())
-    except asyncpg.InterfaceError:
-        return True
-
-
-async def _discard(pool: Any, connection: Any) -> None:
-    """Close a suspect connection and hand it back: the pool opens a fresh one instead."""
-    with contextlib.suppress(Exception):
-        connection.terminate()
-    with contextlib.suppress(Exception):
-        await pool.release(connection)
-
-
-async def _no_session_reset(connection: Any) -> None:
-    """Skip asyncpg's reset on release (one more round trip per statement, which doubled a
-    step's latency): pooled connections only ever run single self-contained statements, and
-    LISTEN has its own connection, so there is no session state to clear."""
+        await self.store.notify(self._workflow_id or workflow_id)
 
 
 class PostgresStore(Lifecycle):
@@ -202,20 +174,20 @@ class PostgresStore(Lifecycle):
     """
 
     def __init__(self, pool: Any, dsn: str, schema: str, worker_poll_interval: float) -> None:
-        self._pool = pool
-        self._held: Any = None  # a pooled connection kept for one statement at a time
-        self._held_busy = False
         self.schema = schema
         self.worker_poll_interval = worker_poll_interval
-        s = f'"{schema}"'
+        self.max_value_bytes = MAX_VALUE_BYTES
         self._alarm_channel = f"{schema}.alarms"
         self._message_channel = f"{schema}.messages"
-        self._sql = {name: sql.format(s=s) for name, sql in queries.STATEMENTS.items()}
-        for name, sql in queries.KV_WRITES.items():
+        s = f'"{schema}"'
+        sql = {name: text.format(s=s) for name, text in queries.STATEMENTS.items()}
+        for name, text in queries.KV_WRITES.items():
             for suffix, guard in queries.GUARDS.items():
-                self._sql[name + suffix] = sql.format(s=s, guard=guard.format(s=s))
-        self._s = s
-        self._listener = Listener(dsn, self._alarm_channel, self._message_channel, _map_errors)
+                sql[name + suffix] = text.format(s=s, guard=guard.format(s=s))
+        self._statements = Statements(pool, sql)
+        self._pool = pool  # the statements' pool, for tests that reach its connections
+        self._query = self._statements.query  # bound once: every write calls it
+        self._listener = Listener(dsn, self._alarm_channel, self._message_channel, map_errors)
 
     @classmethod
     async def connect(
@@ -227,20 +199,17 @@ class PostgresStore(Lifecycle):
         max_size: int = 10,
         worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
     ) -> Self:
-        """Open a pool on ``dsn`` and create the schema's tables if they are missing."""
+        """Open a pool on ``dsn`` and create the schema's tables if they are missing (or
+        upgrade them from an older layout)."""
         if not _SCHEMA_NAME.match(schema):
             raise ValueError(f"schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
-        with _map_errors("connect"):
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, reset=_no_session_reset
-            )
-        store = cls(pool, dsn, schema, worker_poll_interval)
+        pool = await open_pool(dsn, min_size, max_size)
         try:
-            await store._create_schema()
+            await create_schema(pool, schema, SCHEMA_VERSION, queries.DDL.format(s=f'"{schema}"'))
         except BaseException:
             await pool.close()
             raise
-        return store
+        return cls(pool, dsn, schema, worker_poll_interval)
 
     @classmethod
     async def from_url(
@@ -262,95 +231,10 @@ class PostgresStore(Lifecycle):
             **options,
         )
 
-    async def _create_schema(self) -> None:
-        """Create or upgrade the schema, unless it is already at this version.
-
-        The check comes first and takes no table lock: the DDL takes strong locks on every
-        table (CREATE INDEX IF NOT EXISTS locks its table even when the index exists), so a
-        worker starting beside running ones would otherwise deadlock with their writes.
-        Creators and upgraders serialize on an advisory lock (IF NOT EXISTS alone is not
-        safe against concurrent creators).
-        """
-        with _map_errors("create schema"):
-            async with self._pool.acquire() as conn:
-                version = await self._schema_version(conn)
-                if version is None or version < SCHEMA_VERSION:
-                    async with conn.transaction():
-                        lock_id = zlib.crc32(self.schema.encode()) - (1 << 31)  # signed int4
-                        await conn.execute(
-                            "SELECT pg_advisory_xact_lock($1, $2)", _LOCK_CLASS, lock_id
-                        )
-                        version = await self._schema_version(conn)
-                        if version is None or version < SCHEMA_VERSION:
-                            await conn.execute(queries.DDL.format(s=self._s))
-                            table = f"{self._s}.schema_version"
-                            await conn.execute(f"DELETE FROM {table}")
-                            await conn.execute(f"INSERT INTO {table} VALUES ($1)", SCHEMA_VERSION)
-                            version = SCHEMA_VERSION
-        if version > SCHEMA_VERSION:
-            raise _map_errors.failure(f"open schema {self.schema!r} of newer version {version}")
-
-    async def _schema_version(self, conn: Any) -> int | None:
-        """The schema's layout version, None when the schema or its tables do not exist."""
-        try:
-            async with conn.transaction():  # a failed look must not abort an outer transaction
-                version = await conn.fetchval(f"SELECT max(version) FROM {self._s}.schema_version")
-        except (asyncpg.InvalidSchemaNameError, asyncpg.UndefinedTableError):
-            return None
-        return None if version is None else int(version)
-
-    async def _query(
-        self,
-        operation: str,
-        method: Literal["execute", "fetch", "fetchrow", "fetchval"],
-        *args: Any,
-        statement: str | None = None,
-        idempotent: bool = True,
-    ) -> Any:
-        """Run one statement (by default the one named ``operation``) on a pooled connection.
-
-        Each statement is its own transaction, so a lost connection never leaves half of it;
-        re-running an idempotent one after a lost reply is safe.
-        """
-        sql = self._sql[statement or operation]
-        with _map_errors(operation):
-            try:
-                return await self._run(method, sql, args)
-            except _CONNECTION_LOST:
-                # A connection was cut (a server restart, an administrator's kill): the ones
-                # opened beside it are most likely cut too, and idle ones are left broken
-                # without a word. Replace them all rather than fail on each in turn.
-                await self._pool.expire_connections()
-                if not idempotent:
-                    raise
-            return await self._run(method, sql, args)
-
-    async def _run(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
-        """Run on the held connection when it is free, otherwise through the pool.
-
-        Going through the pool costs ~40 us per statement (acquire, shielded release), a
-        sixth of a whole step here; one statement at a time, the common case of a workflow's
-        flushes, skips that. Concurrent statements still use the pool's other connections.
-        """
-        if self._held_busy or self._pool.get_max_size() < 2:
-            return await getattr(self._pool, method)(sql, *args)
-        self._held_busy = True
-        try:
-            held = self._held
-            if held is None or _unusable(held):
-                self._held = held = await self._pool.acquire()
-            try:
-                return await getattr(held, method)(sql, *args)
-            except asyncpg.PostgresError:
-                raise  # the server answered with an error: the connection is fine
-            except BaseException:
-                # Lost, or interrupted mid-statement (a cancelled call): it may be left
-                # looking busy and would fail every later call, so it is retired.
-                self._held = None
-                await _discard(self._pool, held)
-                raise
-        finally:
-            self._held_busy = False
+    def check_workflow_id(self, workflow_id: str) -> None:
+        """``ValueError`` for an id the store cannot hold (``engine.store.Limits``): empty,
+        not UTF-8 encodable, holding NUL, or over ``MAX_WORKFLOW_ID_BYTES``."""
+        check_workflow_id(STORE, workflow_id, MAX_WORKFLOW_ID_BYTES, _REFUSED_IN_IDS)
 
     def driver(self, workflow_id: str) -> PostgresDriver:
         return PostgresDriver(self, workflow_id)
@@ -373,11 +257,12 @@ class PostgresStore(Lifecycle):
         owner: str | None = None,
         lease: float = 0.0,
     ) -> Registration:
+        self.check_workflow_id(workflow_id)
         check_writes(STORE, writes, MAX_KEY_BYTES, MAX_VALUE_BYTES)
         rows = dict(creation_rows(writes))
-        expires_at = time.time() + lease
-        args: list[Any] = [workflow_id, name, list(rows), list(rows.values()), wake_at]
-        args += [self._alarm_channel] if owner is None else [owner, expires_at]
+        now = time.time()
+        args: list[Any] = [workflow_id, name, list(rows), list(rows.values()), wake_at, now]
+        args += [self._alarm_channel] if owner is None else [owner, now + lease]
         # Not retried: a second attempt after a lost reply would answer "already there".
         created, registered, token, *_ = await self._query(
             "create_workflow",
@@ -389,11 +274,11 @@ class PostgresStore(Lifecycle):
         if registered is None:  # a creator this statement's snapshot could not see won
             info = await self.workflow_info(workflow_id)
             if info is None:
-                raise _map_errors.failure(f"create_workflow of {workflow_id!r}: lost its row")
+                raise map_errors.failure(f"create_workflow of {workflow_id!r}: lost its row")
             registered = info[0]
         if not created or owner is None:
             return Registration(bool(created), registered)
-        claim = Lease(workflow_id, owner, token, expires_at, wake_at, list(rows.items()))
+        claim = Lease(workflow_id, owner, token, now + lease, wake_at, list(rows.items()))
         return Registration(True, registered, claim)
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
@@ -403,6 +288,21 @@ class PostgresStore(Lifecycle):
     async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]:
         rows = await self._query("list_workflows", "fetch", state, limit)
         return [row[0] for row in rows]
+
+    async def workflow_rows(
+        self, *, state: str | None = None, name: str | None = None, limit: int = 100
+    ) -> list[WorkflowRow]:
+        args: list[Any] = [time.time(), name, max(limit, 0)]
+        if state is None or state == "running":
+            statement = "workflow_rows" if state is None else "workflow_rows running"
+        else:
+            statement, args = "workflow_rows state", [*args, state]
+        rows = await self._query("workflow_rows", "fetch", *args, statement=statement)
+        return [WorkflowRow(*row) for row in rows]
+
+    async def workflow_row(self, workflow_id: str) -> WorkflowRow | None:
+        row = await self._query("workflow_row", "fetchrow", time.time(), workflow_id)
+        return None if row is None else WorkflowRow(*row)
 
     async def claim_due(
         self, owner: str, lease: float, limit: int, now: float | None = None
@@ -419,6 +319,21 @@ class PostgresStore(Lifecycle):
             claims.append(Lease(wid, owner, token, now + lease, wake_at, namespace))
         return claims
 
+    async def claim(
+        self, workflow_id: str, owner: str, lease: float, name: str, now: float | None = None
+    ) -> Lease | None:
+        self.check_workflow_id(workflow_id)
+        now = time.time() if now is None else now
+        # Not retried, like claim_due.
+        row = await self._query(
+            "claim", "fetchrow", workflow_id, owner, now + lease, now, name, idempotent=False
+        )
+        if row is None:
+            return None
+        token, wake_at, keys, values = row
+        namespace = list(zip(keys or (), values or (), strict=True))
+        return Lease(workflow_id, owner, token, now + lease, wake_at, namespace)
+
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
         now = time.time()
         renewed = await self._query(
@@ -430,6 +345,30 @@ class PostgresStore(Lifecycle):
 
     async def release(self, lease: Lease) -> None:
         await self._query("release", "execute", lease.workflow_id, lease.token)
+
+    async def post_message(
+        self, workflow_id: str, key: bytes, value: bytes, wake_at: float
+    ) -> None:
+        # Refused before anything is sent: the statement is all or nothing, and so is this.
+        self.check_workflow_id(workflow_id)
+        check_writes(STORE, [(key, value)], MAX_KEY_BYTES, MAX_VALUE_BYTES)
+        channels = (self._alarm_channel, self._message_channel, payload(workflow_id))
+        await self._query("post_message", "execute", workflow_id, key, value, wake_at, *channels)
+
+    async def cancel(self, workflow_id: str, writes: Sequence[tuple[bytes, bytes]]) -> None:
+        self.check_workflow_id(workflow_id)
+        upserts, deletes = _split(writes)
+        await self._query(
+            "cancel",
+            "execute",
+            workflow_id,
+            time.time(),
+            list(upserts),
+            list(upserts.values()),
+            deletes,
+            self._message_channel,
+            payload(workflow_id),
+        )
 
     def fenced_driver(self, lease: Lease) -> PostgresDriver:
         return PostgresDriver(self, lease.workflow_id, lease)
@@ -460,11 +399,13 @@ class PostgresStore(Lifecycle):
             lease.wake_at,
             wake_at,
             self._alarm_channel,
+            self._message_channel,
+            payload(wid),
             statement=shape,
             idempotent=False,
         )
         if not allowed:
-            raise _map_errors.lease_lost("finish_run", wid)
+            raise map_errors.lease_lost("finish_run", wid)
 
     async def wait_for_due(self, timeout: float) -> None:
         await self._listener.wait_for_due(timeout)
@@ -481,9 +422,8 @@ class PostgresStore(Lifecycle):
 
     async def close(self) -> None:
         """Close the LISTEN connection and the pool (waiting for calls in flight)."""
-        held, self._held = self._held, None
-        with _map_errors("close"):
-            await self._listener.close()
-            if held is not None:
-                await self._pool.release(held)
-            await self._pool.close()
+        try:
+            with map_errors("close"):
+                await self._listener.close()
+        finally:
+            await self._statements.close()

@@ -78,6 +78,39 @@ async def test_an_older_schema_is_upgraded_at_connect() -> None:
             assert [c.workflow_id for c in await upgraded.claim_due("w", 30.0, 10)] == [wid]
 
 
+async def test_a_version_2_schema_gains_updated_at_in_place() -> None:
+    schema = unique_name("pg_schema")
+    async with open_store(schema=schema) as first:
+        now = time.time()
+        await first.create_workflow("kept", "order", [(b"in", b"1")], now - 1)
+        # What a version-2 store looked like: no updated_at, its index, nor the claim function.
+        s = f'"{schema}"'
+        for ddl in (
+            f"DROP FUNCTION {s}.claim",
+            f"DROP INDEX {s}.workflows_updated",
+            f"ALTER TABLE {s}.workflows DROP COLUMN updated_at",
+            f"UPDATE {s}.schema_version SET version = 2",
+        ):
+            await first._pool.execute(ddl)
+        async with await PostgresStore.connect(DATABASE_URL, schema=schema) as upgraded:
+            version = await upgraded._pool.fetchval(f"SELECT version FROM {s}.schema_version")
+            assert version == drivers.postgres.SCHEMA_VERSION == 3
+            row = await upgraded.workflow_row("kept")  # kept, and oldest of all
+            assert row is not None and (row.state, row.updated_at) == ("pending", 0.0)
+            assert await upgraded.driver("kept").list(b"") == [(b"in", b"1")]
+            index = await upgraded._pool.fetchval(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND indexname = $2",
+                schema,
+                "workflows_updated",
+            )
+            assert index.endswith("(updated_at DESC, workflow_id)")
+            lease = await upgraded.claim("kept", "w", 30.0, "order")
+            assert lease is not None and lease.rows == [(b"in", b"1")]
+            # A version-2 worker still running writes rows the new layout takes.
+            await upgraded._pool.execute(f"INSERT INTO {s}.workflows VALUES ('v2', 'n', 'pending')")
+            assert [r.workflow_id for r in await upgraded.workflow_rows()] == ["kept", "v2"]
+
+
 async def test_a_newer_schema_is_refused() -> None:
     schema = unique_name("pg_schema")
     async with open_store(schema=schema) as first:
@@ -109,7 +142,7 @@ async def test_too_large_value_raises_before_writing(monkeypatch: pytest.MonkeyP
 
 async def _backend_pids(store: PostgresStore) -> list[int]:
     """Server pids of every pool connection, the one the store holds for writes included."""
-    held = [store._held] if store._held is not None else []
+    held = [store._statements.held] if store._statements.held is not None else []
     conns = [await store._pool.acquire() for _ in range(store._pool.get_max_size() - len(held))]
     try:
         return [conn.get_server_pid() for conn in held + conns]
@@ -320,7 +353,7 @@ async def test_a_claim_sees_a_write_that_landed_while_it_waited() -> None:
             assert made.lease is not None
             transaction = admin.transaction()
             await transaction.start()
-            write = store._sql["upsert fenced"]
+            write = store._statements.sql["upsert fenced"]
             args = (wid, made.lease.token, now, [b"step"], [b"done"])
             assert await admin.fetchval(write, *args) == 1  # allowed, not yet committed
             claims: list[Any] = []
