@@ -75,17 +75,22 @@ async def run_exclusively(
         on_wakeup=held.poke,
     )
     result: WorkflowResult[Any] | None = None
+    failure: Exception | None = None
     try:
         async with anyio.create_task_group() as keeper:
             keeper.start_soon(held.keep, lost)
             try:
                 result = await execute(leased, attached)
+            except Exception as exc:  # raised below as it is: a group would hide its cause
+                failure = exc
             finally:
                 keeper.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise single(group) from None
     finally:
         await held.release()
+    if failure is not None:
+        raise failure
     assert result is not None
     return result
 

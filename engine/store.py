@@ -208,9 +208,10 @@ class Claims(Protocol):
 
         Settling (``settled_alarm``): if the alarm still holds the claimed ``lease.wake_at``,
         it becomes ``wake_at`` (deleted when None); an alarm set since the claim (a message, a
-        new deadline) is kept, lowered to ``wake_at`` if that is earlier. Once it landed, the
-        workflow's subscribers (``driver.subscribe()``) are woken, so a waiting client sees
-        the new state at once.
+        new deadline) is kept, lowered to ``wake_at`` if that is earlier. Once a run that
+        ended for good (``completed``, ``failed``) landed, the workflow's subscribers
+        (``driver.subscribe()``) are woken, so a waiting client sees it at once; a store may
+        wake them on other ends too.
         """
         ...
 

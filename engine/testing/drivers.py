@@ -21,7 +21,13 @@ class SimulatedCrash(BaseException):
 
 
 class CountingDriver:
-    """Wraps a driver and counts calls by method name (``calls["batch"]``, ...)."""
+    """Wraps a driver and counts calls by method name (``calls["batch"]``, ...).
+
+    A run on a wrapped driver is not leased through the inner driver's store (``store`` is
+    None here): every call it makes goes through the wrapper, to be counted or crashed.
+    """
+
+    store = None
 
     def __init__(self, inner: EngineDriver) -> None:
         self.inner = inner
