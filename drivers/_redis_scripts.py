@@ -54,6 +54,18 @@ local function rows(kv, ix, min, max)
 end
 """
 
+# hex(s): a workflow id's bytes in hex, as RedisStore builds its keys (``N:w:{#<hex>}``).
+HEX = """
+local function hex(s)
+  local parts = {}
+  for i = 1, #s, 64 do
+    local chunk = s:sub(i, i + 63)
+    parts[#parts + 1] = string.format(string.rep('%02x', #chunk), string.byte(chunk, 1, -1))
+  end
+  return table.concat(parts)
+end
+"""
+
 # KEYS: kv, ix, lease. ARGV: token ('' = unfenced), now, then the ops of apply().
 WRITE = (
     LEASE_CHECK
@@ -80,15 +92,8 @@ return rows(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
 # a claim costs about (runs in flight + limit) entries, not the whole due backlog.
 CLAIM = (
     ROWS
+    + HEX
     + """
-local function hex(s)
-  local parts = {}
-  for i = 1, #s, 64 do
-    local chunk = s:sub(i, i + 63)
-    parts[#parts + 1] = string.format(string.rep('%02x', #chunk), string.byte(chunk, 1, -1))
-  end
-  return table.concat(parts)
-end
 local now, limit = tonumber(ARGV[1]), tonumber(ARGV[3])
 local page = limit + 32
 local out, offset = {}, 0
@@ -114,9 +119,10 @@ return out
 """
 )
 
-# KEYS: kv, ix, lease, alarms, info, all, state set. ARGV: id, name, state, wake time,
-# owner ('' = none), lease expiry, due channel, then key, value pairs. Returns {0, name}
-# when the id exists, else {1, token} (token 0 without an owner).
+# KEYS: kv, ix, lease, alarms, info, all, state set, updated. ARGV: id, name, state, wake
+# time, owner ('' = none), lease expiry, due channel, -now (the updated score), then key,
+# value pairs. Returns {0, name} when the id exists, else {1, token} (token 0 without an
+# owner).
 CREATE = """
 if redis.call('HSETNX', KEYS[5], 'n' .. ARGV[1], ARGV[2]) == 0 then
   return {0, redis.call('HGET', KEYS[5], 'n' .. ARGV[1])}
@@ -124,7 +130,8 @@ end
 redis.call('HSET', KEYS[5], 's' .. ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[6], 0, ARGV[1])
 redis.call('ZADD', KEYS[7], 0, ARGV[1])
-for i = 8, #ARGV, 2 do
+redis.call('ZADD', KEYS[8], ARGV[8], ARGV[1])
+for i = 9, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[2], 0, ARGV[i])
 end
@@ -139,15 +146,16 @@ redis.call('HSET', KEYS[3], 'owner', ARGV[5], 'exp', ARGV[6])
 return {1, token}
 """
 
-# KEYS: kv, ix, lease, alarms, info, all, state set. ARGV: token, now, id, state, state key
-# head, claimed wake time ('' = none), next wake time ('' = none), due channel, then the
-# ops of apply(). Settles the alarm as engine.store.settled_alarm does.
+# KEYS: kv, ix, lease, alarms, info, all, state set, updated. ARGV: token, now, id, state,
+# state key head, claimed wake time ('' = none), next wake time ('' = none), due channel,
+# the workflow's channel, -now (the updated score), then the ops of apply(). Settles the alarm as
+# engine.store.settled_alarm does; a waiting client hears of the end on the workflow's channel.
 FINISH = (
     LEASE_CHECK
     + APPLY
     + """
 if lease_lost(KEYS[3], ARGV[1], ARGV[2]) then return 0 end
-apply(KEYS[1], KEYS[2], 9)
+apply(KEYS[1], KEYS[2], 11)
 local id = ARGV[3]
 redis.call('HSETNX', KEYS[5], 'n' .. id, '')
 local old = redis.call('HGET', KEYS[5], 's' .. id)
@@ -155,6 +163,7 @@ if old then redis.call('ZREM', ARGV[5] .. old, id) end
 redis.call('HSET', KEYS[5], 's' .. id, ARGV[4])
 redis.call('ZADD', KEYS[6], 0, id)
 redis.call('ZADD', KEYS[7], 0, id)
+redis.call('ZADD', KEYS[8], ARGV[10], id)
 local current, claimed, wake = redis.call('ZSCORE', KEYS[4], id), ARGV[6], ARGV[7]
 local settled = current
 if (not current) or (claimed ~= '' and tonumber(current) == tonumber(claimed)) then
@@ -169,6 +178,63 @@ elseif (not current) or tonumber(settled) ~= tonumber(current) then
   redis.call('PUBLISH', ARGV[8], '')
 end
 redis.call('HDEL', KEYS[3], 'owner', 'exp')
+redis.call('PUBLISH', ARGV[9], '')
+return 1
+"""
+)
+
+# KEYS: kv, ix, lease, alarms, info, all, pending state set, updated. ARGV: id, owner, now,
+# lease expiry, name, pending state, -now (the updated score). Takes an absent or expired
+# lease whether or not the alarm is due, registering the id if new. Returns false while a
+# live lease is held, else {token, alarm ('' = none), {key1, value1, ...}}.
+CLAIM_ONE = (
+    ROWS
+    + """
+local exp = redis.call('HGET', KEYS[3], 'exp')
+if exp and tonumber(exp) > tonumber(ARGV[3]) then return false end
+local token = redis.call('HINCRBY', KEYS[3], 'token', 1)
+redis.call('HSET', KEYS[3], 'owner', ARGV[2], 'exp', ARGV[4])
+local id = ARGV[1]
+if redis.call('HSETNX', KEYS[5], 'n' .. id, ARGV[5]) == 1 then
+  redis.call('HSET', KEYS[5], 's' .. id, ARGV[6])
+  redis.call('ZADD', KEYS[6], 0, id)
+  redis.call('ZADD', KEYS[7], 0, id)
+end
+redis.call('ZADD', KEYS[8], ARGV[7], id)
+local alarm = redis.call('ZSCORE', KEYS[4], id) or ''
+return {token, alarm, rows(KEYS[1], KEYS[2], '-', '+')}
+"""
+)
+
+# KEYS: kv, ix, alarms. ARGV: id, message key, value, wake time, the workflow's channel, due
+# channel. Unfenced: a message key is fresh, and anyone may send.
+POST = """
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], 0, ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('PUBLISH', ARGV[5], '')
+redis.call('PUBLISH', ARGV[6], '')
+return 1
+"""
+
+# KEYS: kv, ix, lease, alarms, info, cancelled state set, updated. ARGV: id, -now, state,
+# state key head, the workflow's channel, then the ops of apply(). The lease loses its owner
+# and expiry but keeps its token: the holder is fenced off, the next claim counts on.
+CANCEL = (
+    APPLY
+    + """
+apply(KEYS[1], KEYS[2], 6)
+local id = ARGV[1]
+if redis.call('HEXISTS', KEYS[5], 'n' .. id) == 1 then
+  local old = redis.call('HGET', KEYS[5], 's' .. id)
+  if old then redis.call('ZREM', ARGV[4] .. old, id) end
+  redis.call('HSET', KEYS[5], 's' .. id, ARGV[3])
+  redis.call('ZADD', KEYS[6], 0, id)
+  redis.call('ZADD', KEYS[7], ARGV[2], id)
+end
+redis.call('ZREM', KEYS[4], id)
+redis.call('HDEL', KEYS[3], 'owner', 'exp')
+redis.call('PUBLISH', ARGV[5], '')
 return 1
 """
 )

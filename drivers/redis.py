@@ -8,23 +8,36 @@ even for the empty id):
 ``N:w:{#W}:kv``            hash    driver key -> value
 ``N:w:{#W}:ix``            zset    driver keys, all scored 0: ZRANGEBYLEX is byte order
 ``N:w:{#W}:lease``         hash    ``token`` (grows per claim), ``owner``, ``exp``
+                                   (``exp`` after now: a live lease, the row's
+                                   ``running``); a release or cancel keeps ``token``
 ``N:s:{N}:alarms``         zset    workflow id scored by wake time
 ``N:s:{N}:info``           hash    ``n<id>`` -> registered name, ``s<id>`` -> state
 ``N:s:{N}:all``            zset    every registered id (score 0, listed in order)
 ``N:s:{N}:state:<state>``  zset    registered ids in that state
+``N:s:{N}:updated``        zset    registered ids scored by ``-updated_at`` (rank order:
+                                   newest first, then id), set by ``create_workflow``,
+                                   ``claim``, ``finish_run`` and ``cancel``, never by
+                                   ``claim_due``; an id registered before this key
+                                   existed is in ``all`` only (``updated_at`` 0.0)
 =========================  ======  ===================================================
 
-Channels: ``N:msg:W`` (a message was written for W) and ``N:due`` (an alarm was set); the
-subscriptions and the connection pool are in ``_redis_client``.
+Channels: ``N:msg:W`` (a message was written for W, W was cancelled or a run of W ended:
+what a live run or a waiting client listens to) and ``N:due`` (an alarm was set: idle
+workers). Both go over one pub/sub connection per store (``_redis_pubsub``); the pool is in
+``_redis_client``, the index read as rows in ``_redis_index``.
 
 Every write of a driver is one Lua script (EVALSHA, reloaded on NOSCRIPT) that checks the
 lease when the driver is fenced, then updates the hash and the index together, so a batch is
 atomic and costs one round trip, which it shares with the calls other runs make meanwhile
 (one pipeline on the wire at a time, ``_redis_batching``). ``create_workflow`` and
 ``finish_run`` are one script each too, touching a workflow's keys and the store's
-together. ``claim_due`` derives each claimed workflow's keys (lease, kv, ix) from alarm
-members inside its script, and ``finish_run`` derives the previous state's set, so the store
-needs a single Redis primary (not a cluster).
+together; so are ``claim``, ``post_message`` and ``cancel``. ``claim_due`` derives each
+claimed workflow's keys (lease, kv, ix) from alarm members inside its script, the row
+scripts derive lease keys, ``finish_run`` and ``cancel`` the previous state's set, so the
+store needs a single Redis primary (not a cluster).
+
+Limits: keys and values up to ``MAX_VALUE_BYTES``, a batch up to ``MAX_BATCH_BYTES``;
+workflow ids of 1 to ``MAX_ID_BYTES`` bytes of UTF-8.
 """
 
 from __future__ import annotations
@@ -41,9 +54,19 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from drivers import _redis_scripts as scripts
-from drivers._common import ErrorMap, Lifecycle, check_writes, latest_writes, prefix_end, store_url
+from drivers._common import (
+    ErrorMap,
+    Lifecycle,
+    check_workflow_id,
+    check_writes,
+    latest_writes,
+    prefix_end,
+    store_url,
+)
 from drivers._redis_batching import ScriptCalls
-from drivers._redis_client import Subscriptions, WaitingPool
+from drivers._redis_client import WaitingPool
+from drivers._redis_index import ROW, ROWS, IndexReads
+from drivers._redis_pubsub import SharedPubSub
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.state import WorkflowState
 from engine.store import Lease, Registration, creation_rows
@@ -53,6 +76,8 @@ STORE = "redis store"
 # (proto-max-bulk-len); a whole request is capped at 1 GiB (client-query-buffer-limit).
 MAX_VALUE_BYTES = 512 * 1024 * 1024
 MAX_BATCH_BYTES = 1024 * 1024 * 1024 - 1024 * 1024
+# Ids travel in keys (hex, twice as long), channel names and index members.
+MAX_ID_BYTES = 1024
 DEFAULT_RETRIES = 3
 DEFAULT_NAMESPACE = "durable"
 # OSError: a socket error redis-py did not wrap.
@@ -73,6 +98,10 @@ def _ops(writes: Sequence[tuple[bytes, bytes | None]]) -> list[bytes | str]:
     return ops
 
 
+def _rows(flat: list[bytes]) -> list[tuple[bytes, bytes]]:
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
 def _prefix_bounds(prefix: bytes) -> tuple[bytes, bytes]:
     """ZRANGEBYLEX bounds of every key starting with ``prefix`` (0xff tails included)."""
     end = prefix_end(prefix)
@@ -84,18 +113,20 @@ def _prefix_bounds(prefix: bytes) -> tuple[bytes, bytes]:
 class RedisDriver:
     """One workflow's namespace in Redis; fenced when built with a lease."""
 
+    max_value_bytes = MAX_VALUE_BYTES
+
     def __init__(self, store: RedisStore, workflow_id: str, lease: Lease | None = None) -> None:
         self.worker_poll_interval = store.worker_poll_interval
-        self._store = store
+        self.store = store  # engine.store.bound_store: runs hold leases, messages go through it
         self._workflow_id = workflow_id
         self._lease = lease
         self._keys = store._workflow_keys(workflow_id)
-        self._channel = f"{store.namespace}:msg:{workflow_id.encode().hex()}"
+        self._channel = store._channel(workflow_id)
 
     async def _write(self, operation: str, ops: list[bytes | str]) -> None:
         token = "" if self._lease is None else str(self._lease.token)
         with _map_errors(operation):
-            applied = await self._store._scripts(
+            applied = await self.store._scripts(
                 "write", self._keys, [token, repr(time.time()), *ops]
             )
         if not applied:
@@ -103,7 +134,7 @@ class RedisDriver:
 
     async def get(self, key: bytes) -> bytes | None:
         with _map_errors("get"):
-            return cast("bytes | None", await self._store._client.hget(self._keys[0], bytes(key)))
+            return cast("bytes | None", await self.store._client.hget(self._keys[0], bytes(key)))
 
     async def set(self, key: bytes, value: bytes) -> None:
         _check_sizes([(key, value)])
@@ -122,8 +153,8 @@ class RedisDriver:
 
     async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         with _map_errors("list"):
-            flat = await self._store._scripts("list", self._keys[:2], [*_prefix_bounds(prefix)])
-        return list(zip(flat[::2], flat[1::2], strict=True))
+            flat = await self.store._scripts("list", self._keys[:2], [*_prefix_bounds(prefix)])
+        return _rows(flat)
 
     async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
         _check_sizes(writes)
@@ -131,29 +162,32 @@ class RedisDriver:
             await self._write("batch", ops)
 
     async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
-        await self._store._set_alarm(workflow_id, wake_at)
+        await self.store._set_alarm(workflow_id, wake_at)
 
     async def clear_alarm(self, workflow_id: str) -> None:
         with _map_errors("clear_alarm"):
-            await self._store._client.zrem(self._store._alarms, workflow_id)
+            await self.store._client.zrem(self.store._alarms, workflow_id)
 
     # Live mode (engine.driver.WakeSource / Notifier): Redis pub/sub, across processes.
 
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[None]]:
-        return self._store._pubsub.subscribe(self._channel)
+        return self.store._pubsub.subscribe(self._channel)
 
     async def notify(self, workflow_id: str) -> None:
         # Like MemoryDriver: the engine only notifies the workflow whose driver it wrote with.
         with _map_errors("notify"):
-            await self._store._client.publish(self._channel, b"")
+            await self.store._client.publish(self._channel, b"")
 
 
-class RedisStore(Lifecycle):
+class RedisStore(IndexReads, Lifecycle):
     """Owns the connection pool, the alarm index, the worker index and leases.
 
     Build it with ``await RedisStore.connect(url)`` (or ``from_url``); ``namespace``
     prefixes every key and channel, so stores with different namespaces never see each other.
     """
+
+    max_value_bytes = MAX_VALUE_BYTES
+    _errors = _map_errors
 
     def __init__(
         self, client: aioredis.Redis, *, namespace: str, worker_poll_interval: float
@@ -165,18 +199,26 @@ class RedisStore(Lifecycle):
         self._client = client
         head = f"{namespace}:s:{{{namespace}}}"
         self._alarms, self._info, self._all = f"{head}:alarms", f"{head}:info", f"{head}:all"
+        self._updated = f"{head}:updated"
         self._state_head = f"{head}:state:"
         self._due_channel = f"{namespace}:due"
-        self._pubsub = Subscriptions(client, self._due_channel, _map_errors)
+        # What the row scripts derive a workflow's lease key from: head + hex(id) + tail.
+        self._key_parts = [f"{namespace}:w:{{#", "}"]
+        self._pubsub = SharedPubSub(client, _map_errors)
         self._scripts = ScriptCalls(
             client,
             {
                 "write": scripts.WRITE,
                 "list": scripts.LIST,
                 "claim": scripts.CLAIM,
+                "claim_one": scripts.CLAIM_ONE,
                 "renew": scripts.RENEW,
                 "create": scripts.CREATE,
                 "finish": scripts.FINISH,
+                "post": scripts.POST,
+                "cancel": scripts.CANCEL,
+                "row": ROW,
+                "rows": ROWS,
             },
         )
 
@@ -232,8 +274,15 @@ class RedisStore(Lifecycle):
             **options,
         )
 
+    def check_workflow_id(self, workflow_id: str) -> None:
+        check_workflow_id(STORE, workflow_id, MAX_ID_BYTES)
+
     def _workflow_head(self, workflow_id: str) -> str:
         return f"{self.namespace}:w:{{#{workflow_id.encode().hex()}}}"
+
+    def _channel(self, workflow_id: str) -> str:
+        """The workflow's channel: a message, a cancel or the end of a run."""
+        return f"{self.namespace}:msg:{workflow_id.encode().hex()}"
 
     def _workflow_keys(self, workflow_id: str) -> list[str]:
         """The kv, ix and lease keys of one workflow, in the order the scripts take them."""
@@ -278,8 +327,9 @@ class RedisStore(Lifecycle):
         rows = dict(creation_rows(writes))
         state = WorkflowState.PENDING.value
         keys = [*self._workflow_keys(workflow_id), self._alarms, self._info, self._all]
-        keys.append(self._state_head + state)
-        expires = time.time() + lease
+        keys += [self._state_head + state, self._updated]
+        now = time.time()
+        expires = now + lease
         args: list[bytes | str] = [
             workflow_id,
             name,
@@ -288,6 +338,7 @@ class RedisStore(Lifecycle):
             owner or "",
             repr(expires),
             self._due_channel,
+            repr(-now),  # updated scores are -updated_at: rank order is newest first, then id
         ]
         for key, value in rows.items():
             args += [key, value]
@@ -300,29 +351,12 @@ class RedisStore(Lifecycle):
         claim = Lease(workflow_id, owner, int(found), expires, wake_at, list(rows.items()))
         return Registration(True, name, claim)
 
-    async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
-        with _map_errors("workflow_info"):
-            fields = await self._client.hmget(self._info, "n" + workflow_id, "s" + workflow_id)
-        name, state = cast("list[bytes | None]", fields)
-        if name is None:
-            return None
-        return name.decode(), (state or b"").decode()
-
-    async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]:
-        key = self._all if state is None else self._state_head + state
-        with _map_errors("list_workflows"):
-            ids: list[bytes] = await self._client.zrangebylex(  # type: ignore[assignment]
-                key, "-", "+", start=0, num=limit
-            )
-        return [member.decode() for member in ids]
-
     async def claim_due(
         self, owner: str, lease: float, limit: int, now: float | None = None
     ) -> list[Lease]:
         now = time.time() if now is None else now
         expires = now + lease
-        head, tail = f"{self.namespace}:w:{{#", "}"
-        args: list[str | int] = [repr(now), repr(expires), limit, owner, head, tail]
+        args: list[str | int] = [repr(now), repr(expires), limit, owner, *self._key_parts]
         with _map_errors("claim_due"):
             claims = await self._scripts("claim", [self._alarms], args)
         return [
@@ -332,10 +366,27 @@ class RedisStore(Lifecycle):
                 int(token),
                 expires,
                 float(score),  # Redis prints scores with 17 digits: the float comes back exact
-                list(zip(flat[::2], flat[1::2], strict=True)),
+                _rows(flat),
             )
             for wid, token, score, flat in claims
         ]
+
+    async def claim(
+        self, workflow_id: str, owner: str, lease: float, name: str, now: float | None = None
+    ) -> Lease | None:
+        now = time.time() if now is None else now
+        expires = now + lease
+        state = WorkflowState.PENDING.value
+        keys = [*self._workflow_keys(workflow_id), self._alarms, self._info, self._all]
+        keys += [self._state_head + state, self._updated]
+        args = [workflow_id, owner, repr(now), repr(expires), name, state, repr(-now)]
+        with _map_errors("claim"):
+            claimed = await self._scripts("claim_one", keys, args)
+        if claimed is None:
+            return None
+        token, alarm, flat = claimed
+        wake_at = float(alarm) if alarm else None
+        return Lease(workflow_id, owner, int(token), expires, wake_at, _rows(flat))
 
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
         now = time.time()
@@ -352,6 +403,32 @@ class RedisStore(Lifecycle):
         with _map_errors("release"):
             await self._scripts("renew", [key], [str(lease.token), "0", ""])
 
+    async def post_message(
+        self, workflow_id: str, key: bytes, value: bytes, wake_at: float
+    ) -> None:
+        _check_sizes([(key, value)])
+        keys = [*self._workflow_keys(workflow_id)[:2], self._alarms]
+        channels = [self._channel(workflow_id), self._due_channel]
+        args = [workflow_id, bytes(key), bytes(value), repr(wake_at), *channels]
+        with _map_errors("post_message"):
+            await self._scripts("post", keys, args)
+
+    async def cancel(self, workflow_id: str, writes: Sequence[tuple[bytes, bytes]]) -> None:
+        _check_sizes(writes)
+        state = WorkflowState.CANCELLED.value
+        keys = [*self._workflow_keys(workflow_id), self._alarms, self._info]
+        keys += [self._state_head + state, self._updated]
+        args: list[bytes | str] = [
+            workflow_id,
+            repr(-time.time()),
+            state,
+            self._state_head,
+            self._channel(workflow_id),
+            *_ops(writes),
+        ]
+        with _map_errors("cancel"):
+            await self._scripts("cancel", keys, args)
+
     async def finish_run(
         self,
         lease: Lease,
@@ -362,17 +439,20 @@ class RedisStore(Lifecycle):
         _check_sizes(writes)
         workflow_id = lease.workflow_id
         keys = [*self._workflow_keys(workflow_id), self._alarms, self._info, self._all]
-        keys.append(self._state_head + state)
+        keys += [self._state_head + state, self._updated]
         claimed = "" if lease.wake_at is None else repr(lease.wake_at)
+        now = time.time()
         args: list[bytes | str] = [
             str(lease.token),
-            repr(time.time()),
+            repr(now),
             workflow_id,
             state,
             self._state_head,
             claimed,
             "" if wake_at is None else repr(wake_at),
             self._due_channel,
+            self._channel(workflow_id),
+            repr(-now),
             *_ops(writes),
         ]
         with _map_errors("finish_run"):
@@ -381,15 +461,16 @@ class RedisStore(Lifecycle):
             raise _map_errors.lease_lost("finish_run", workflow_id)
 
     async def wait_for_due(self, timeout: float) -> None:
-        """Return on the next ``set_alarm`` anywhere, or after ``timeout`` seconds.
+        """Return on the next alarm set anywhere, or after ``timeout`` seconds.
 
-        One subscription lives as long as the store, so an alarm set between two calls is
-        still buffered on the connection and seen by the next call.
+        The due channel stays subscribed from the first call on (on the store's one pub/sub
+        connection), so an alarm set between two calls ends the next call at once, and a
+        reconnect of that connection ends it too (an alarm set meanwhile went unheard).
         """
-        await self._pubsub.wait_for_due(timeout)
+        await self._pubsub.wait(self._due_channel, timeout)
 
     async def close(self) -> None:
-        """Close the wake-up subscription and every pooled connection."""
+        """Close the pub/sub connection and every pooled connection."""
         with anyio.CancelScope(shield=True), _map_errors("close"):
             await self._scripts.wait_idle()
             await self._pubsub.close()
