@@ -1,5 +1,6 @@
-"""What every store repeats, written once: write checks, batch folding, range ends, URLs,
-the ``async with`` lifecycle and the mapping of a client's errors to ``StorageError``.
+"""What every store repeats, written once: write and workflow id checks, batch folding,
+range ends, URLs, the ``async with`` lifecycle and the mapping of a client's errors to
+``StorageError``.
 
 A store module keeps only what its backend makes different: its limits (passed to
 ``check_writes`` at each call, so a test may lower a module's limit), the exception types of
@@ -57,6 +58,36 @@ def check_writes(
             f"{store}: batch of {len(writes)} writes holds {total} bytes, over its limit of "
             f"{max_batch} bytes for one request"
         )
+
+
+def check_workflow_id(store: str, workflow_id: str, max_bytes: int, refused: str = "") -> None:
+    """Refuse an id the store cannot hold (``Limits.check_workflow_id``).
+
+    ``ValueError`` naming the store and its limit for an empty id, one that UTF-8 cannot
+    encode (a lone surrogate), one longer than ``max_bytes`` in UTF-8 or one holding a
+    character of ``refused``; ``TypeError`` for an id that is not a ``str``.
+    """
+    if not isinstance(workflow_id, str):
+        raise TypeError(f"workflow ids are str, got {type(workflow_id).__name__}")
+    if not workflow_id:
+        raise ValueError(f"{store}: a workflow id is a non-empty str of at most {max_bytes} bytes")
+    try:
+        size = len(workflow_id.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{store}: workflow id {workflow_id[:80]!r} is not encodable as UTF-8 ({exc.reason} "
+            f"at index {exc.start}); ids are UTF-8 text of at most {max_bytes} bytes"
+        ) from None
+    if size > max_bytes:
+        raise ValueError(
+            f"{store}: workflow id {workflow_id[:40]!r}... is {size} bytes in UTF-8, over its "
+            f"limit of {max_bytes} bytes"
+        )
+    for char in refused:
+        if char in workflow_id:
+            raise ValueError(
+                f"{store}: workflow id {workflow_id[:80]!r} holds {char!r}, which it cannot store"
+            )
 
 
 def latest_writes(writes: Writes) -> dict[bytes, bytes | None]:

@@ -1,17 +1,21 @@
 """What the stores that one process owns (memory, LevelDB) keep in memory: live-mode
-wake-ups and worker leases."""
+wake-ups and worker leases, and how they pick the workflow rows a client lists."""
 
 from __future__ import annotations
 
+import heapq
+import math
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from drivers._common import ErrorMap
-from engine.store import Lease
+from engine.state import WorkflowState
+from engine.store import Lease, WorkflowRow
 
 
 class InProcessWakeups:
@@ -49,12 +53,22 @@ class InProcessLeases:
     def __init__(self) -> None:
         self._current: dict[str, Lease] = {}
         self._tokens: dict[str, int] = {}
+        # Fenced writes under way in other threads, by workflow (``writing``).
+        self._writing: dict[str, int] = {}
+        self._landed = threading.Condition()
 
     def free(self, workflow_id: str, now: float) -> bool:
         held = self._current.get(workflow_id)
         return held is None or held.expires_at <= now
 
-    def claim(self, workflow_id: str, owner: str, expires_at: float, wake_at: float) -> Lease:
+    def reported_state(self, workflow_id: str, recorded: str, now: float) -> str:
+        """The state a workflow row reports (``WorkflowRow``): ``running`` while its lease
+        is live, else the state the index recorded."""
+        return recorded if self.free(workflow_id, now) else WorkflowState.RUNNING.value
+
+    def claim(
+        self, workflow_id: str, owner: str, expires_at: float, wake_at: float | None
+    ) -> Lease:
         token = self._tokens.get(workflow_id, 0) + 1
         self._tokens[workflow_id] = token
         lease = Lease(workflow_id, owner, token, expires_at, wake_at)
@@ -76,6 +90,43 @@ class InProcessLeases:
         if not self.holds(lease):
             raise errors.lease_lost(operation, lease.workflow_id)
 
+    @contextmanager
+    def writing(self, lease: Lease, errors: ErrorMap, operation: str) -> Iterator[None]:
+        """``check`` for a write made in a thread: the block (the write) is counted until it
+        ends, so ``wait_for_writes`` sees a write that passed its fence before a ``revoke``."""
+        workflow_id = lease.workflow_id
+        with self._landed:
+            self._writing[workflow_id] = self._writing.get(workflow_id, 0) + 1
+        try:
+            self.check(lease, errors, operation)
+            yield
+        finally:
+            with self._landed:
+                left = self._writing[workflow_id] - 1
+                if left:
+                    self._writing[workflow_id] = left
+                else:
+                    del self._writing[workflow_id]
+                    self._landed.notify_all()
+
+    def revoke(self, workflow_id: str) -> Lease:
+        """Take the workflow's lease from whoever holds it, for the store itself: a lease
+        with the next token that never expires. The holder's writes, renewal and
+        ``finish_run`` are refused from now on, and no claim can take the workflow until the
+        caller releases the returned lease, once its own write (a cancel) has landed.
+
+        Called on the event loop, where every claim is made, so tokens never race.
+        """
+        return self.claim(workflow_id, "", math.inf, None)
+
+    def wait_for_writes(self, workflow_id: str) -> None:
+        """Wait until the fenced writes of the workflow that passed their check in other
+        threads (``writing``) have landed: after a ``revoke``, none can land later than the
+        caller's next write. Without threads writing, it returns at once."""
+        with self._landed:
+            while self._writing.get(workflow_id):
+                self._landed.wait()
+
     def renew(self, lease: Lease, duration: float) -> Lease | None:
         if not self.holds(lease):
             return None
@@ -89,3 +140,8 @@ class InProcessLeases:
         current = self._current.get(lease.workflow_id)
         if current is not None and current.token == lease.token:
             del self._current[lease.workflow_id]
+
+
+def newest_first(rows: Iterable[WorkflowRow], limit: int) -> list[WorkflowRow]:
+    """Up to ``limit`` rows, most recently updated first (``workflow_rows``); ids break ties."""
+    return heapq.nsmallest(max(limit, 0), rows, key=lambda row: (-row.updated_at, row.workflow_id))

@@ -3,22 +3,26 @@ writes that move an alarm or an index entry (the table is in ``drivers/leveldb.p
 
 Everything here works on a plyvel database, snapshot or write batch passed in, so the store
 decides where it runs (on the loop, or in a thread for a synced write).
+
+Layout versions: 1 kept index records ``(1, name, state)``; 2 adds when the index last
+changed the workflow, ``(2, name, state, t)``. ``upgrade`` takes a version-1 database to
+version 2 in one write batch when it is opened (its records read as changed at 0.0).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import IntEnum
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from drivers._common import prefix_end
 from engine.errors import CorruptedRecordError
 from engine.keys import pack, unpack
 
 STORE = "leveldb store"
-LAYOUT_VERSION = b"1"
-INDEX_VERSION = 1
+LAYOUT_VERSION = b"2"
+INDEX_VERSION = 2
 Changes = list[tuple[bytes, bytes | None]]
 
 
@@ -107,23 +111,70 @@ def alarm_moves(old: bytes | None, wid: bytes, wake_at: float | None) -> Changes
     ]
 
 
-def index_moves(wid: bytes, name: str, state: str, old_state: str | None) -> Changes:
-    """The writes that record ``state`` in the index, moving it out of ``old_state``."""
+class Indexed(NamedTuple):
+    """A workflow's index record: registered name, recorded state, last change (epoch s)."""
+
+    name: str
+    state: str
+    updated_at: float
+
+
+def index_moves(
+    wid: bytes, name: str, state: str, old_state: str | None, updated_at: float
+) -> Changes:
+    """The writes that record ``state`` (changed at ``updated_at``) in the index, moving it
+    out of ``old_state``."""
     moves: Changes = []
     if old_state is not None and old_state != state:
         moves.append((table_key(Table.STATE, encode_id(old_state), wid), None))
-    moves.append((table_key(Table.INDEX, wid), pack((INDEX_VERSION, name, state))))
+    record = pack((INDEX_VERSION, name, state, encode_time(updated_at)))
+    moves.append((table_key(Table.INDEX, wid), record))
     moves.append((table_key(Table.STATE, encode_id(state), wid), b""))
     return moves
 
 
-def parse_index(raw: bytes | None) -> tuple[str, str] | None:
-    if raw is None:
-        return None
+def parse_index(raw: bytes | None) -> Indexed | None:
+    return None if raw is None else _parse_record(raw)
+
+
+def _parse_record(raw: bytes) -> Indexed:
+    """An index record of version 2, or of version 1 (read as changed at 0.0)."""
     try:
-        version, name, state = unpack(raw)
+        version, name, state, *rest = unpack(raw)
     except ValueError as exc:
         raise CorruptedRecordError(f"{STORE}: workflow index record {raw!r} is damaged") from exc
-    if version != INDEX_VERSION or not isinstance(name, str) or not isinstance(state, str):
-        raise CorruptedRecordError(f"{STORE}: workflow index record {raw!r} is not version 1")
-    return name, state
+    if isinstance(name, str) and isinstance(state, str):
+        if version == 1 and not rest:
+            return Indexed(name, state, 0.0)
+        if version == INDEX_VERSION and len(rest) == 1:
+            (changed,) = rest
+            if isinstance(changed, bytes) and len(changed) == 8:
+                return Indexed(name, state, decode_time(changed))
+    raise CorruptedRecordError(f"{STORE}: workflow index record {raw!r} is not version 1 or 2")
+
+
+def scan_index(db: Any) -> Iterator[tuple[str, Indexed]]:
+    """Every workflow of the index, in id order: one prefix scan."""
+    prefix = table_key(Table.INDEX)
+    with db.iterator(prefix=prefix) as items:
+        for k, raw in items:
+            yield decode_id(k[len(prefix) :]), _parse_record(raw)
+
+
+def read_alarm(db: Any, wid: bytes) -> float | None:
+    raw = db.get(table_key(Table.ALARM_OF, wid))
+    return None if raw is None else decode_time(raw)
+
+
+def upgrade(db: Any, found: bytes, sync: bool) -> bool:
+    """Take a database of layout ``found`` to ``LAYOUT_VERSION`` in one write batch; False if
+    ``found`` is a layout this code cannot upgrade."""
+    if found != b"1":
+        return False
+    meta = table_key(Table.META, b"layout")
+    changes: Changes = [(meta, LAYOUT_VERSION)]
+    for workflow_id, indexed in scan_index(db):
+        wid = encode_id(workflow_id)
+        changes += index_moves(wid, indexed.name, indexed.state, indexed.state, 0.0)
+    fill_batch(db.write_batch(sync=sync), changes).write()
+    return True

@@ -16,27 +16,24 @@ META "layout"                  layout version (``LAYOUT_VERSION``)
 DATA id(workflow) key          the driver's value for ``key``
 ALARM_AT t id(workflow)        empty: due alarms are a range scan up to now
 ALARM_OF id(workflow)          t, so a new alarm replaces the old in one batch
-INDEX id(workflow)             ``keys.pack((version, name, state))``
+INDEX id(workflow)             ``keys.pack((version, name, state, t))``, t its last change
 STATE id(state) id(workflow)   empty: ``list_workflows(state)`` is a prefix scan
 =============================  ===============================================
 
-``create_workflow`` and ``finish_run`` write a workflow's DATA, INDEX, STATE and alarm rows
-in one write batch, so a crash never leaves a workflow indexed without its input or alarm,
-or finished without its state.
+``create_workflow``, ``claim``, ``finish_run``, ``post_message`` and ``cancel`` each write
+their DATA, INDEX, STATE and alarm rows in one write batch, so a crash never leaves a
+workflow indexed without its input or alarm, finished without its state, a message without
+its alarm or a cancel half done. A database of layout 1 (index records without their last
+change) is upgraded in place when opened (``_leveldb_layout.upgrade``).
 
-Threads. ``benchmarks/leveldb_threads.py`` (2 vCPU VM, asyncio and trio alike), median/p99 us,
-direct call vs ``anyio.to_thread.run_sync``: get 0.3/0.4 vs 100/160; 20-key list 5/6 vs
-110/190; 5-put batch ``sync=False`` 6/23 vs 107/154, ``sync=True`` 145/232 vs 284/389. A thread
-hop (~100 us) costs far more than a read or an unsynced write, so those run on the loop. A
-synced write blocks for a whole fsync (0.15 ms here, 1-10 ms on common SSDs and network disks):
-with 20 tasks writing, direct calls stalled the loop 3.5-13 ms at p99 against 0.05-0.9 ms
-threaded, delaying every workflow and lease heartbeat.
+``workflow_rows`` scans the whole index and sorts it (a client's listing, not a hot path);
+``workflow_row`` is two reads.
 
-Measured against the issue's target (one step within 1.2x of a raw synced ``WriteBatch`` plus
-the engine's own cost), the thread hop alone put a step at 1.85x on this machine. So by
-default every call runs on the loop (a synced write blocks it for one fsync, ~0.15 ms here),
-and ``fsync_in_thread=True`` moves synced writes to a thread for disks whose fsync takes
-milliseconds, where keeping the loop free matters more than the hop.
+Limits: values up to ``MAX_VALUE_BYTES``; workflow ids of 1 to ``MAX_ID_BYTES`` bytes of
+UTF-8 (a lone surrogate cannot be stored).
+
+Threads: by default every call runs on the loop, and ``fsync_in_thread=True`` moves synced
+writes to a thread (measurements and reasons in ``_leveldb_handle``, which owns the handle).
 """
 
 from __future__ import annotations
@@ -46,26 +43,23 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self, cast
 from urllib.parse import unquote
 
-import anyio
-import anyio.to_thread
-import plyvel
-
 from drivers._common import (
-    ErrorMap,
-    Lifecycle,
+    check_workflow_id,
     check_writes,
     prefix_end,
     refuse_namespace,
     store_url,
 )
-from drivers._inprocess import InProcessLeases, InProcessWakeups
+from drivers._inprocess import InProcessLeases, InProcessWakeups, newest_first
+from drivers._leveldb_handle import DatabaseHandle
+from drivers._leveldb_handle import map_errors as _map_errors
 from drivers._leveldb_layout import (
-    LAYOUT_VERSION,
     STORE,
     Changes,
+    Indexed,
     Table,
     alarm_moves,
     decode_id,
@@ -74,30 +68,31 @@ from drivers._leveldb_layout import (
     fill_batch,
     index_moves,
     parse_index,
+    read_alarm,
     read_rows,
     scan_due,
+    scan_index,
     table_key,
 )
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
-from engine.errors import StorageError
 from engine.state import WorkflowState
-from engine.store import Lease, Registration, creation_rows, settled_alarm
+from engine.store import Lease, Registration, WorkflowRow, creation_rows, settled_alarm
 
 MAX_VALUE_BYTES = 16 * 1024 * 1024
 """LevelDB rewrites values on every compaction; past a few MiB that gets slow and memory-hungry."""
-
-_T = TypeVar("_T")
-# RuntimeError: the database is closed.
-_map_errors = ErrorMap(STORE, plyvel.Error, OSError, RuntimeError)
+MAX_ID_BYTES = 1024
+"""An id is part of every key of its workflow; LevelDB keys stay small so blocks stay dense."""
 
 
 class LevelDBDriver:
     """One workflow's namespace, every key stored under ``DATA id(workflow)``; with a
     ``lease``, every write is fenced by it."""
 
+    max_value_bytes = MAX_VALUE_BYTES
+
     def __init__(self, store: LevelDBStore, workflow_id: str, lease: Lease | None = None) -> None:
         self.worker_poll_interval = store.worker_poll_interval
-        self._store = store
+        self.store = store
         self._workflow_id = workflow_id
         self._lease = lease
         self._ns = table_key(Table.DATA, encode_id(workflow_id))
@@ -106,20 +101,28 @@ class LevelDBDriver:
         # Runs after the batch is built and right before it is applied (in the writing thread
         # for synced writes), so a takeover during an earlier await is still caught.
         if self._lease is not None:
-            self._store._leases.check(self._lease, _map_errors, operation)
+            self.store._leases.check(self._lease, _map_errors, operation)
 
     def _apply(
         self, operation: str, collect: Callable[[Any], Sequence[tuple[bytes, bytes | None]]]
     ) -> Callable[[Any], None]:
+        lease, store = self._lease, self.store
+
         def apply(db: Any) -> None:
-            batch = fill_batch(db.write_batch(sync=self._store.sync), collect(db))
-            self._fence(operation)
-            batch.write()
+            batch = fill_batch(db.write_batch(sync=store.sync), collect(db))
+            if lease is None or not store._threaded:
+                self._fence(operation)
+                batch.write()
+                return
+            # In a thread, a cancel may revoke the lease between the check and the write: it
+            # waits for this write to land before it writes its own (Cancel wins).
+            with store._leases.writing(lease, _map_errors, operation):
+                batch.write()
 
         return apply
 
     async def get(self, key: bytes) -> bytes | None:
-        return cast("bytes | None", self._store._read("get", lambda db: db.get(self._ns + key)))
+        return cast("bytes | None", self.store._read("get", lambda db: db.get(self._ns + key)))
 
     async def set(self, key: bytes, value: bytes) -> None:
         await self.batch([(key, value)])
@@ -140,10 +143,10 @@ class LevelDBDriver:
             keys = db.iterator(start=start, stop=stop, include_value=False)
             return [(k, None) for k in keys]
 
-        await self._store._write(operation, self._apply(operation, collect))
+        await self.store._write(operation, self._apply(operation, collect))
 
     async def list(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        return self._store._read("list", lambda db: read_rows(db, self._ns, prefix))
+        return self.store._read("list", lambda db: read_rows(db, self._ns, prefix))
 
     async def batch(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
         check_writes(STORE, writes, max_value=MAX_VALUE_BYTES)
@@ -151,24 +154,24 @@ class LevelDBDriver:
             self._fence("batch")  # nothing to write; a lost lease still reports itself
             return
         prefixed = [(self._ns + bytes(k), None if v is None else bytes(v)) for k, v in writes]
-        await self._store._write("batch", self._apply("batch", lambda db: prefixed))
+        await self.store._write("batch", self._apply("batch", lambda db: prefixed))
 
     async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
-        await self._store._set_alarm(workflow_id, wake_at)
+        await self.store._set_alarm(workflow_id, wake_at)
 
     async def clear_alarm(self, workflow_id: str) -> None:
-        await self._store._set_alarm(workflow_id, None)
+        await self.store._set_alarm(workflow_id, None)
 
     # Beyond the protocol: live-mode wake-ups (one process owns the database).
 
     def subscribe(self) -> AbstractAsyncContextManager[AsyncIterator[None]]:
-        return self._store._subscribers.subscribe(self._workflow_id)
+        return self.store._subscribers.subscribe(self._workflow_id)
 
     async def notify(self, workflow_id: str) -> None:
-        self._store._subscribers.notify(self._workflow_id)
+        self.store._subscribers.notify(self._workflow_id)
 
 
-class LevelDBStore(Lifecycle):
+class LevelDBStore(DatabaseHandle):
     """Owns one LevelDB directory and hands out isolated per-workflow drivers.
 
     Args:
@@ -183,6 +186,8 @@ class LevelDBStore(Lifecycle):
         StorageError: the directory cannot be opened, e.g. another process holds its lock.
     """
 
+    max_value_bytes = MAX_VALUE_BYTES
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -191,29 +196,8 @@ class LevelDBStore(Lifecycle):
         fsync_in_thread: bool = False,
         worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL,
     ) -> None:
-        self.path = os.fspath(path)
-        self.sync = sync
-        self.fsync_in_thread = fsync_in_thread
+        super().__init__(path, sync=sync, fsync_in_thread=fsync_in_thread)
         self.worker_poll_interval = worker_poll_interval
-        operation = f"open of {self.path!r}"
-        try:
-            self._db: Any = plyvel.DB(self.path, create_if_missing=True)
-        except plyvel.Error as exc:
-            if "lock" in str(exc).lower():
-                operation += " (directory locked by another process or another open store)"
-            raise StorageError(STORE, operation, exc) from exc
-        meta = table_key(Table.META, b"layout")
-        with _map_errors(operation):
-            found = self._db.get(meta)
-            if found is None:
-                self._db.put(meta, LAYOUT_VERSION, sync=sync)
-        if found not in (None, LAYOUT_VERSION):
-            self._db.close()
-            raise StorageError(STORE, f"{operation}: layout version {found!r} is not supported")
-        self._meta_lock = anyio.Lock()  # alarm and index updates read before they write
-        self._inflight = 0
-        self._drained: anyio.Event | None = None
-        self._alarm_changed: anyio.Event | None = None
         self._subscribers = InProcessWakeups()
         self._leases = InProcessLeases()
 
@@ -243,68 +227,8 @@ class LevelDBStore(Lifecycle):
     def fenced_driver(self, lease: Lease) -> LevelDBDriver:
         return LevelDBDriver(self, lease.workflow_id, lease)
 
-    # Calls into plyvel: on the loop, except synced writes when ``fsync_in_thread``.
-
-    def _open_db(self, operation: str) -> Any:
-        if self._db is None:
-            raise StorageError(STORE, f"{operation} (store {self.path!r} is closed)")
-        return self._db
-
-    def _read(self, operation: str, read: Callable[[Any], _T]) -> _T:
-        db = self._open_db(operation)
-        with _map_errors(operation):
-            return read(db)
-
-    async def _write(self, operation: str, apply: Callable[[Any], _T]) -> _T:
-        db = self._open_db(operation)
-        if not (self.sync and self.fsync_in_thread):
-            with _map_errors(operation):
-                return apply(db)
-        self._inflight += 1  # close() waits for these before it closes the handle
-        try:
-            with _map_errors(operation):
-                return await anyio.to_thread.run_sync(apply, db)
-        finally:
-            self._inflight -= 1
-            if not self._inflight and self._drained is not None:
-                self._drained.set()
-
-    async def _set_alarm(self, workflow_id: str, wake_at: float | None) -> None:
-        """Set (or with ``None`` clear) an alarm."""
-        wid = encode_id(workflow_id)
-
-        def apply(db: Any) -> None:
-            moves = alarm_moves(db.get(table_key(Table.ALARM_OF, wid)), wid, wake_at)
-            if moves:
-                fill_batch(db.write_batch(sync=self.sync), moves).write()
-
-        operation = "set_alarm" if wake_at is not None else "clear_alarm"
-        async with self._meta_lock:
-            await self._write(operation, apply)
-        if wake_at is not None:
-            self._wake_workers()
-
-    def _wake_workers(self) -> None:
-        """Return every ``wait_for_due``: an alarm was set that may already be due."""
-        if self._alarm_changed is not None:
-            self._alarm_changed.set()
-            self._alarm_changed = None
-
-    async def due_alarms(
-        self, now: float | None = None, limit: int = 100
-    ) -> list[tuple[str, float]]:
-        """Alarms with a wake time at or before ``now``, earliest first."""
-        cutoff = time.time() if now is None else now
-        return self._read("due_alarms", lambda db: scan_due(db, cutoff, limit, lambda _: True))
-
-    async def wait_for_due(self, timeout: float) -> None:
-        if self._alarm_changed is None:
-            self._alarm_changed = anyio.Event()
-        changed = self._alarm_changed
-        with anyio.move_on_after(timeout):
-            await changed.wait()
-
-    # Workflow index: durable, so start_workflow stays idempotent across restarts.
+    def check_workflow_id(self, workflow_id: str) -> None:
+        check_workflow_id(STORE, workflow_id, MAX_ID_BYTES)
 
     async def create_workflow(
         self,
@@ -322,7 +246,7 @@ class LevelDBStore(Lifecycle):
         async with self._meta_lock:  # nothing else writes the index or alarm meanwhile
             found = parse_index(self._read("create_workflow", lambda db: db.get(index)))
             if found is not None:
-                return Registration(False, found[0])
+                return Registration(False, found.name)
             # Claimed before the batch lands, so no claim_due can take it in between.
             claim = None
             if owner is not None:
@@ -331,7 +255,7 @@ class LevelDBStore(Lifecycle):
             def apply(db: Any) -> None:
                 ns = table_key(Table.DATA, wid)
                 changes: Changes = [(ns + k, value) for k, value in rows]
-                changes += index_moves(wid, name, WorkflowState.PENDING.value, None)
+                changes += index_moves(wid, name, WorkflowState.PENDING.value, None, time.time())
                 changes += alarm_moves(db.get(table_key(Table.ALARM_OF, wid)), wid, wake_at)
                 fill_batch(db.write_batch(sync=self.sync), changes).write()
 
@@ -350,7 +274,8 @@ class LevelDBStore(Lifecycle):
         raw = self._read(
             "workflow_info", lambda db: db.get(table_key(Table.INDEX, encode_id(workflow_id)))
         )
-        return parse_index(raw)
+        found = parse_index(raw)
+        return None if found is None else (found.name, found.state)
 
     async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]:
         """Workflow ids in id order, all of them or those in ``state``."""
@@ -370,6 +295,45 @@ class LevelDBStore(Lifecycle):
             return ids
 
         return self._read("list_workflows", scan)
+
+    async def workflow_rows(
+        self, *, state: str | None = None, name: str | None = None, limit: int = 100
+    ) -> list[WorkflowRow]:
+        """A scan of the whole index, sorted: fine for a client's listing, not a hot path."""
+        now = time.time()
+
+        def scan(db: Any) -> list[WorkflowRow]:
+            with db.snapshot() as snapshot:  # the index and its alarms as of one instant
+                rows = (
+                    self._row(workflow_id, indexed, now)
+                    for workflow_id, indexed in scan_index(snapshot)
+                    if name is None or indexed.name == name
+                )
+                chosen = newest_first((r for r in rows if state is None or r.state == state), limit)
+                return [self._with_alarm(snapshot, row) for row in chosen]
+
+        return self._read("workflow_rows", scan)
+
+    async def workflow_row(self, workflow_id: str) -> WorkflowRow | None:
+        wid = encode_id(workflow_id)
+
+        def read(db: Any) -> WorkflowRow | None:
+            with db.snapshot() as snapshot:
+                indexed = parse_index(snapshot.get(table_key(Table.INDEX, wid)))
+                if indexed is None:
+                    return None
+                return self._with_alarm(snapshot, self._row(workflow_id, indexed, time.time()))
+
+        return self._read("workflow_row", read)
+
+    def _row(self, workflow_id: str, indexed: Indexed, now: float) -> WorkflowRow:
+        """The row without its alarm: what ``workflow_rows`` filters and sorts on."""
+        state = self._leases.reported_state(workflow_id, indexed.state, now)
+        return WorkflowRow(workflow_id, indexed.name, state, None, indexed.updated_at)
+
+    @staticmethod
+    def _with_alarm(db: Any, row: WorkflowRow) -> WorkflowRow:
+        return replace(row, wake_at=read_alarm(db, encode_id(row.workflow_id)))
 
     # Claims: one process owns the database, so leases and tokens live in memory.
 
@@ -403,6 +367,42 @@ class LevelDBStore(Lifecycle):
             for workflow_id, wake_at, namespace in self._read("claim_due", scan)
         ]
 
+    async def claim(
+        self, workflow_id: str, owner: str, lease: float, name: str, now: float | None = None
+    ) -> Lease | None:
+        """Take the workflow's lease unless a live one is held: the index row (registered if
+        absent) gets ``updated_at`` ``now`` in one write batch."""
+        now = time.time() if now is None else now
+        wid = encode_id(workflow_id)
+        index = table_key(Table.INDEX, wid)
+
+        def read(db: Any) -> tuple[Indexed | None, float | None, list[tuple[bytes, bytes]]]:
+            with db.snapshot() as snapshot:  # the index, alarm and namespace of one instant
+                return (
+                    parse_index(snapshot.get(index)),
+                    read_alarm(snapshot, wid),
+                    read_rows(snapshot, table_key(Table.DATA, wid)),
+                )
+
+        async with self._meta_lock:  # nothing else writes the index or alarm meanwhile
+            if not self._leases.free(workflow_id, now):
+                return None
+            found, wake_at, rows = self._read("claim", read)
+            # Claimed before the batch lands, with nothing awaited since the read.
+            taken = self._leases.claim(workflow_id, owner, now + lease, wake_at)
+            if found is None:
+                moves = index_moves(wid, name, WorkflowState.PENDING.value, None, now)
+            else:
+                moves = index_moves(wid, found.name, found.state, found.state, now)
+            try:
+                await self._write(
+                    "claim", lambda db: fill_batch(db.write_batch(sync=self.sync), moves).write()
+                )
+            except BaseException:
+                self._leases.release(taken)
+                raise
+        return replace(taken, rows=rows)
+
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
         return self._leases.renew(lease, duration)
 
@@ -423,11 +423,12 @@ class LevelDBStore(Lifecycle):
         data: Changes = [(ns + bytes(k), None if v is None else bytes(v)) for k, v in writes]
 
         def apply(db: Any) -> bool:
-            name, old_state = parse_index(db.get(table_key(Table.INDEX, wid))) or ("", None)
+            found = parse_index(db.get(table_key(Table.INDEX, wid)))
+            name, old_state = ("", None) if found is None else (found.name, found.state)
             old = db.get(table_key(Table.ALARM_OF, wid))
             current = None if old is None else decode_time(old)
             settled = settled_alarm(current, lease.wake_at, wake_at)
-            changes = data + index_moves(wid, name, state, old_state)
+            changes = data + index_moves(wid, name, state, old_state, time.time())
             changes += alarm_moves(old, wid, settled)
             batch = fill_batch(db.write_batch(sync=self.sync), changes)
             # Checked right before the batch is applied, as the fenced driver does.
@@ -440,15 +441,49 @@ class LevelDBStore(Lifecycle):
             self._leases.release(lease)
         if alarm_set:
             self._wake_workers()
+        self._subscribers.notify(workflow_id)
 
-    async def close(self) -> None:
-        """Wait for synced writes still in their thread, then release the directory lock."""
-        db, self._db = self._db, None
-        if db is None:
-            return
-        with anyio.CancelScope(shield=True):
-            if self._inflight:
-                self._drained = anyio.Event()
-                await self._drained.wait()
-            with _map_errors("close"):
-                db.close()
+    async def post_message(
+        self, workflow_id: str, key: bytes, value: bytes, wake_at: float
+    ) -> None:
+        check_writes(STORE, [(key, value)], max_value=MAX_VALUE_BYTES)
+        wid = encode_id(workflow_id)
+        row = (table_key(Table.DATA, wid) + bytes(key), bytes(value))
+
+        def apply(db: Any) -> None:
+            moves = alarm_moves(db.get(table_key(Table.ALARM_OF, wid)), wid, wake_at)
+            fill_batch(db.write_batch(sync=self.sync), [row, *moves]).write()
+
+        async with self._meta_lock:  # nothing else writes the alarm meanwhile
+            await self._write("post_message", apply)
+        self._wake_workers()
+        self._subscribers.notify(workflow_id)
+
+    async def cancel(self, workflow_id: str, writes: Sequence[tuple[bytes, bytes]]) -> None:
+        """One write batch. The lease is revoked before it is written and no claim can take
+        the workflow until it has landed (a failed write leaves the workflow uncancelled and
+        its holder fenced off: the next claim runs it)."""
+        check_writes(STORE, writes, max_value=MAX_VALUE_BYTES)
+        wid = encode_id(workflow_id)
+        ns = table_key(Table.DATA, wid)
+        data: Changes = [(ns + bytes(k), None if v is None else bytes(v)) for k, v in writes]
+
+        def apply(db: Any) -> None:
+            changes = list(data)
+            found = parse_index(db.get(table_key(Table.INDEX, wid)))
+            if found is not None:
+                cancelled = WorkflowState.CANCELLED.value
+                changes += index_moves(wid, found.name, cancelled, found.state, time.time())
+            changes += alarm_moves(db.get(table_key(Table.ALARM_OF, wid)), wid, None)
+            batch = fill_batch(db.write_batch(sync=self.sync), changes)
+            # A write of the old holder's that passed its fence in a thread lands first.
+            self._leases.wait_for_writes(workflow_id)
+            batch.write()
+
+        async with self._meta_lock:  # nothing else writes the index or alarm meanwhile
+            revoked = self._leases.revoke(workflow_id)
+            try:
+                await self._write("cancel", apply)
+            finally:
+                self._leases.release(revoked)
+        self._subscribers.notify(workflow_id)

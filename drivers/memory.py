@@ -2,35 +2,49 @@
 
 Keys are kept in a sorted list beside a dict, so ``list`` is a bisect plus a slice and byte
 order is Python's ``bytes`` order (unsigned lexicographic), exactly what drivers must give.
+
+Limits: values of any size; workflow ids of 1 to ``MAX_ID_BYTES`` bytes of UTF-8.
 """
 
 from __future__ import annotations
 
 import bisect
 import builtins
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import anyio
 
 from drivers._common import (
     ErrorMap,
     Lifecycle,
+    check_workflow_id,
     check_writes,
     prefix_end,
     refuse_namespace,
     store_url,
 )
-from drivers._inprocess import InProcessLeases, InProcessWakeups
+from drivers._inprocess import InProcessLeases, InProcessWakeups, newest_first
 from engine.constants import DEFAULT_WORKER_POLL_INTERVAL
 from engine.state import WorkflowState
-from engine.store import Lease, Registration, creation_rows, settled_alarm
+from engine.store import Lease, Registration, WorkflowRow, creation_rows, settled_alarm
 
 _STORE = "memory store"
 _ERRORS = ErrorMap(_STORE)  # no client to fail: only fenced writes raise, LeaseLostError
+MAX_ID_BYTES = 1024
+"""The longest workflow id in UTF-8, as LevelDB's: an id that works here works there."""
+
+
+class _Indexed(NamedTuple):
+    """A workflow in the index: its registered name, recorded state and last change."""
+
+    name: str
+    state: str
+    updated_at: float
 
 
 class _Namespace:
@@ -48,6 +62,16 @@ class _Namespace:
     def remove(self, key: bytes) -> None:
         if self.values.pop(key, None) is not None:
             del self.order[bisect.bisect_left(self.order, key)]
+
+    def apply(self, writes: Sequence[tuple[bytes, bytes | None]]) -> None:
+        for key, value in writes:  # in order: a later write of a key wins
+            if value is None:
+                self.remove(bytes(key))
+            else:
+                self.put(bytes(key), bytes(value))
+
+    def rows(self) -> list[tuple[bytes, bytes]]:
+        return [(key, self.values[key]) for key in self.order]
 
     def remove_span(self, lo: int, hi: int) -> None:
         for key in self.order[lo:hi]:
@@ -96,6 +120,8 @@ class MemoryDriver:
             on a slow store (with a store: the store's).
     """
 
+    max_value_bytes = sys.maxsize  # no limit but memory
+
     def __init__(
         self,
         store: MemoryStore | None = None,
@@ -105,6 +131,7 @@ class MemoryDriver:
         worker_poll_interval: float | None = None,
         latency: float | None = None,
     ) -> None:
+        bare = store is None
         if store is None:
             store = MemoryStore(
                 worker_poll_interval=DEFAULT_WORKER_POLL_INTERVAL
@@ -117,6 +144,9 @@ class MemoryDriver:
         self.worker_poll_interval = store.worker_poll_interval
         self.latency = store.latency
         self._store = store
+        # The store a run leases the workflow through: none for a bare ``MemoryDriver()``,
+        # whose namespace is its own (one run at a time per driver object, then).
+        self.store: MemoryStore | None = None if bare else store
         self._workflow_id = workflow_id
         self._lease = lease
         self._ns = store._namespaces.setdefault(workflow_id or "", _Namespace())
@@ -171,11 +201,7 @@ class MemoryDriver:
         check_writes(_STORE, writes)  # all of them first: a bad write applies none
         await self._tick()
         self._fence("batch")
-        for key, value in writes:  # in order: a later write of a key wins
-            if value is None:
-                self._ns.remove(bytes(key))
-            else:
-                self._ns.put(bytes(key), bytes(value))
+        self._ns.apply(writes)
 
     async def set_alarm(self, workflow_id: str, wake_at: float) -> None:
         await self._tick()
@@ -215,6 +241,8 @@ class MemoryStore(Lifecycle):
             store.
     """
 
+    max_value_bytes = sys.maxsize  # no limit but memory
+
     def __init__(
         self, *, worker_poll_interval: float = DEFAULT_WORKER_POLL_INTERVAL, latency: float = 0.0
     ) -> None:
@@ -223,7 +251,7 @@ class MemoryStore(Lifecycle):
         self._namespaces: dict[str, _Namespace] = {}
         self._alarms = _Alarms()
         self._subscribers = InProcessWakeups()
-        self._index: dict[str, tuple[str, str]] = {}
+        self._index: dict[str, _Indexed] = {}
         self._leases = InProcessLeases()
 
     @classmethod
@@ -249,6 +277,9 @@ class MemoryStore(Lifecycle):
     def fenced_driver(self, lease: Lease) -> MemoryDriver:
         return MemoryDriver(self, lease.workflow_id, lease)
 
+    def check_workflow_id(self, workflow_id: str) -> None:
+        check_workflow_id(_STORE, workflow_id, MAX_ID_BYTES)
+
     # Worker support (engine.store.WorkerStore): one process, so claims live in memory.
 
     async def create_workflow(
@@ -262,12 +293,11 @@ class MemoryStore(Lifecycle):
     ) -> Registration:
         check_writes(_STORE, writes)
         rows = creation_rows(writes)
-        if workflow_id in self._index:
-            return Registration(False, self._index[workflow_id][0])
-        self._index[workflow_id] = (name, WorkflowState.PENDING.value)
-        namespace = self._namespaces.setdefault(workflow_id, _Namespace())
-        for key, value in rows:
-            namespace.put(key, value)
+        found = self._index.get(workflow_id)
+        if found is not None:
+            return Registration(False, found.name)
+        self._index[workflow_id] = _Indexed(name, WorkflowState.PENDING.value, time.time())
+        self._namespaces.setdefault(workflow_id, _Namespace()).apply(rows)
         if owner is None:
             self._alarms.set(workflow_id, wake_at)
             return Registration(True, name)
@@ -276,11 +306,32 @@ class MemoryStore(Lifecycle):
         return Registration(True, name, replace(claim, rows=rows))
 
     async def workflow_info(self, workflow_id: str) -> tuple[str, str] | None:
-        return self._index.get(workflow_id)
+        found = self._index.get(workflow_id)
+        return None if found is None else (found.name, found.state)
 
     async def list_workflows(self, state: str | None = None, limit: int = 1000) -> list[str]:
-        ids = sorted(w for w, (_, s) in self._index.items() if state is None or s == state)
+        ids = sorted(w for w, found in self._index.items() if state is None or found.state == state)
         return ids[:limit]
+
+    async def workflow_rows(
+        self, *, state: str | None = None, name: str | None = None, limit: int = 100
+    ) -> list[WorkflowRow]:
+        now = time.time()
+        rows = (
+            self._row(workflow_id, found, now)
+            for workflow_id, found in self._index.items()
+            if name is None or found.name == name
+        )
+        return newest_first((row for row in rows if state is None or row.state == state), limit)
+
+    async def workflow_row(self, workflow_id: str) -> WorkflowRow | None:
+        found = self._index.get(workflow_id)
+        return None if found is None else self._row(workflow_id, found, time.time())
+
+    def _row(self, workflow_id: str, found: _Indexed, now: float) -> WorkflowRow:
+        state = self._leases.reported_state(workflow_id, found.state, now)
+        wake_at = self._alarms.wake_at.get(workflow_id)
+        return WorkflowRow(workflow_id, found.name, state, wake_at, found.updated_at)
 
     async def claim_due(
         self, owner: str, lease: float, limit: int, now: float | None = None
@@ -293,9 +344,27 @@ class MemoryStore(Lifecycle):
             if self._leases.free(workflow_id, now):
                 claim = self._leases.claim(workflow_id, owner, now + lease, wake_at)
                 namespace = self._namespaces.get(workflow_id, _Namespace())
-                rows = [(key, namespace.values[key]) for key in namespace.order]
-                claimed.append(replace(claim, rows=rows))
+                claimed.append(replace(claim, rows=namespace.rows()))
         return claimed
+
+    async def claim(
+        self, workflow_id: str, owner: str, lease: float, name: str, now: float | None = None
+    ) -> Lease | None:
+        """Take the workflow's lease unless a live one is held; the index row's
+        ``updated_at`` becomes ``now``."""
+        now = time.time() if now is None else now
+        if not self._leases.free(workflow_id, now):
+            return None
+        found = self._index.get(workflow_id)
+        self._index[workflow_id] = (
+            _Indexed(name, WorkflowState.PENDING.value, now)
+            if found is None
+            else found._replace(updated_at=now)
+        )
+        wake_at = self._alarms.wake_at.get(workflow_id)
+        taken = self._leases.claim(workflow_id, owner, now + lease, wake_at)
+        namespace = self._namespaces.get(workflow_id, _Namespace())
+        return replace(taken, rows=namespace.rows())
 
     async def renew(self, lease: Lease, duration: float) -> Lease | None:
         return self._leases.renew(lease, duration)
@@ -312,8 +381,8 @@ class MemoryStore(Lifecycle):
     ) -> None:
         workflow_id = lease.workflow_id
         await self.fenced_driver(lease).batch(writes)  # checks the lease, then writes
-        name, _ = self._index.get(workflow_id, ("", state))
-        self._index[workflow_id] = (name, state)
+        found = self._index.get(workflow_id)
+        self._index[workflow_id] = _Indexed(found.name if found else "", state, time.time())
         alarms = self._alarms.wake_at
         settled = settled_alarm(alarms.get(workflow_id), lease.wake_at, wake_at)
         if settled is None:
@@ -321,6 +390,28 @@ class MemoryStore(Lifecycle):
         elif settled != alarms.get(workflow_id):
             self._alarms.set(workflow_id, settled)
         self._leases.release(lease)
+        self._subscribers.notify(workflow_id)
+
+    async def post_message(
+        self, workflow_id: str, key: bytes, value: bytes, wake_at: float
+    ) -> None:
+        check_writes(_STORE, [(key, value)])
+        self._namespaces.setdefault(workflow_id, _Namespace()).put(bytes(key), bytes(value))
+        self._alarms.set(workflow_id, wake_at)  # wakes wait_for_due
+        self._subscribers.notify(workflow_id)
+
+    async def cancel(self, workflow_id: str, writes: Sequence[tuple[bytes, bytes]]) -> None:
+        check_writes(_STORE, writes)
+        revoked = self._leases.revoke(workflow_id)  # the holder is fenced off from here on
+        self._namespaces.setdefault(workflow_id, _Namespace()).apply(writes)
+        found = self._index.get(workflow_id)
+        if found is not None:
+            self._index[workflow_id] = _Indexed(
+                found.name, WorkflowState.CANCELLED.value, time.time()
+            )
+        self._alarms.wake_at.pop(workflow_id, None)
+        self._leases.release(revoked)
+        self._subscribers.notify(workflow_id)
 
     async def wait_for_due(self, timeout: float) -> None:
         with anyio.move_on_after(timeout):

@@ -2,19 +2,25 @@
 
 Subclass ``DriverConformance`` (any store) or ``WorkerStoreConformance`` (a store workers
 share) in a test module and provide one fixture, ``conformance_store``, that yields the store.
+``WorkerStoreConformance`` gathers the tests of ``claim``, ``post_message``, ``cancel`` and
+the wake-ups (``_conformance_claims``) and of ``workflow_rows`` (``_conformance_rows``).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import pytest
 
+from engine.errors import SerializationError
+from engine.testing._conformance_claims import ClaimConformance
+from engine.testing._conformance_rows import WorkflowRowsConformance
+from engine.testing._conformance_support import alarm_of, clean_up
+from engine.testing._conformance_support import unique_id as _wid
 
-def _wid(label: str) -> str:
-    return f"conformance-{label}-{uuid.uuid4().hex[:12]}"
+_VALUE_LIMIT_TESTED = 16 * 1024 * 1024
+"""A store whose ``max_value_bytes`` is at most this has a value one byte over it sent."""
 
 
 @pytest.mark.anyio
@@ -167,11 +173,93 @@ class DriverConformance:
 
 
 @pytest.mark.anyio
-class WorkerStoreConformance:
+class WorkerStoreConformance(ClaimConformance, WorkflowRowsConformance):
     """What a store shared by workers must do (``engine.store.WorkerStore``).
 
     Provide the same ``conformance_store`` fixture as for ``DriverConformance``.
     """
+
+    # Limits: what the store can hold, stated and checked.
+
+    async def test_limits_max_value_bytes_on_the_store_and_every_driver(
+        self, conformance_store: Any
+    ) -> None:
+        store, wid = conformance_store, _wid("limits")
+        limit = store.max_value_bytes
+        assert isinstance(limit, int) and limit >= 256 * 1024, (
+            f"max_value_bytes is an int, at least 256 KiB (a step's output); got {limit!r}"
+        )
+        try:
+            lease = await store.claim(wid, "w1", 30.0, "order")
+            assert lease is not None
+            for kind, driver in (
+                ("driver", store.driver(wid)),
+                ("fenced_driver", store.fenced_driver(lease)),
+            ):
+                assert driver.max_value_bytes == limit, (
+                    f"{kind}(...).max_value_bytes is the store's ({limit}); "
+                    f"got {driver.max_value_bytes!r}"
+                )
+            await store.release(lease)
+        finally:
+            await clean_up(store, wid)
+
+    @pytest.mark.parametrize(
+        "workflow_id", ["", "\ud800", "x" * 5000], ids=["empty", "lone-surrogate", "5000-bytes"]
+    )
+    async def test_limits_check_workflow_id_refuses(
+        self, conformance_store: Any, workflow_id: str
+    ) -> None:
+        with pytest.raises(ValueError) as refused:
+            conformance_store.check_workflow_id(workflow_id)
+        message = str(refused.value)
+        assert "store" in message, f"check_workflow_id's ValueError names the store: {message!r}"
+        assert any(ch.isdigit() for ch in message), (
+            f"check_workflow_id's ValueError names the store's limit: {message!r}"
+        )
+
+    @pytest.mark.parametrize(
+        "workflow_id",
+        ["order-123", "\u00e9" * 200, "a:b/{c}*?\u2603 ~"],
+        ids=["ascii", "400-bytes", "punctuation"],
+    )
+    async def test_limits_check_workflow_id_accepts(
+        self, conformance_store: Any, workflow_id: str
+    ) -> None:
+        conformance_store.check_workflow_id(workflow_id)  # raises nothing
+
+    async def test_limits_value_over_max_value_bytes_is_refused_writing_nothing(
+        self, conformance_store: Any
+    ) -> None:
+        store, wid = conformance_store, _wid("too-big")
+        if store.max_value_bytes > _VALUE_LIMIT_TESTED:
+            pytest.skip(f"max_value_bytes {store.max_value_bytes} is too large to send")
+        too_big = b"x" * (store.max_value_bytes + 1)
+        driver, now = store.driver(wid), time.time()
+        try:
+            with pytest.raises(SerializationError):
+                await driver.batch([(b"small", b"ok"), (b"big", too_big)])
+            with pytest.raises(SerializationError):
+                await store.create_workflow(wid, "order", [(b"big", too_big)], now)
+            assert await store.workflow_info(wid) is None, "an oversized creation registers none"
+            with pytest.raises(SerializationError):
+                await store.post_message(wid, b"m", too_big, now)
+            assert await alarm_of(store, wid) is None, "an oversized message sets no alarm"
+            lease = await store.claim(wid, "w1", 30.0, "order")
+            assert lease is not None
+            with pytest.raises(SerializationError):
+                await store.finish_run(lease, [(b"big", too_big)], "completed", None)
+            with pytest.raises(SerializationError):
+                await store.cancel(wid, [(b"big", too_big)])
+            assert await store.workflow_info(wid) == ("order", "pending"), (
+                "oversized finish_run and cancel change nothing"
+            )
+            assert await driver.list(b"") == [], "no oversized write lands anything"
+            await store.release(lease)
+        finally:
+            await clean_up(store, wid)
+
+    # Registration, claims and finishing runs.
 
     async def test_create_is_create_if_absent(self, conformance_store: Any) -> None:
         wid = _wid("create")
