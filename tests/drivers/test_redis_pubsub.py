@@ -143,7 +143,7 @@ async def test_500_subscribers_share_one_connection_and_each_is_woken(
     assert store._pubsub._channels == {}
 
 
-@pytest.mark.parametrize(("connections", "runs"), [(4, 20), (50, 60)])
+@pytest.mark.parametrize(("connections", "runs"), [(4, 20), (50, 60), (50, 500)])
 async def test_live_runs_beyond_the_pool_size_all_complete(connections: int, runs: int) -> None:
     """The issue: each live run held a pub/sub connection of the pool, so with as many live
     runs as connections (50 by default) nothing could write, and nothing completed."""
