@@ -376,7 +376,7 @@ class Worker:
         except Exception as exc:
             self.stats.failed += 1
             self._log(logging.ERROR, "workflow_failed", wid, token=slot.lease.token, error=exc)
-            await self._settle(slot, WorkflowState.FAILED)
+            await self._settle(slot, WorkflowState.FAILED.value)
             return False
         if slot.lost:
             self._log(
@@ -403,7 +403,7 @@ class Worker:
             evicted=result.evicted,
             wake_at=result.wake_at,
         )
-        await self._settle(slot, result.state)
+        await self._settle(slot, result.state.value)
         return False
 
     async def _diverged(self, slot: Slot, error: HistoryDivergedError) -> None:
@@ -417,24 +417,22 @@ class Worker:
         self._log(logging.ERROR, "diverged", wid, retry_in=delay, tries=tries, error=error)
         try:
             info = await self.store.workflow_info(wid)
-            state = info[1] if info is not None else WorkflowState.PENDING.value
-            await self.store.finish_run(slot.lease, [], state, time.time() + delay)
-            slot.finished = True
-        except LeaseLostError as exc:
-            self.stats.fencing_rejections += 1
-            self._log(logging.WARNING, "fencing_rejected", wid, token=slot.lease.token, error=exc)
         except StorageError as exc:
             self.stats.store_errors += 1
             self._log(logging.WARNING, "store_error", wid, operation="settle", error=exc)
+            return  # the claimed alarm stays due: it is tried again at the next claim
+        state = info[1] if info is not None else WorkflowState.PENDING.value
+        await self._settle(slot, state, time.time() + delay)
 
-    async def _settle(self, slot: Slot, state: WorkflowState) -> None:
-        """For a run that ended without writing (already finished when loaded, say): bring
-        the index up to date, consume the claimed alarm and release, in one call."""
+    async def _settle(self, slot: Slot, state: str, wake_at: float | None = None) -> None:
+        """For a run that ended without writing (already finished when loaded, diverged):
+        bring the index up to date, settle the claimed alarm (to ``wake_at``) and release,
+        in one call."""
         if slot.finished:
             return
         wid = slot.lease.workflow_id
         try:
-            await self.store.finish_run(slot.lease, [], state.value, None)
+            await self.store.finish_run(slot.lease, [], state, wake_at)
             slot.finished = True
         except LeaseLostError as exc:
             self.stats.fencing_rejections += 1
