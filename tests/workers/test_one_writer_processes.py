@@ -78,3 +78,25 @@ async def test_a_client_waits_for_a_workflow_a_worker_process_runs(backend_name:
         assert result.output["m"] == "now"
         effects = [e for e in await backend.effects() if e.workflow_id == wid]
         assert {e.pid for e in effects} == {worker.pid}  # nothing ran in this process
+
+
+async def test_cancel_wins_over_a_worker_process_running_the_workflow(backend_name: str) -> None:
+    async with open_backend(backend_name, poll=0.3) as backend:
+        client = Client(backend.store)
+        wid = f"cancel-{uuid.uuid4().hex[:8]}"
+        await client.start("mixed", wid, {"sleep": 0, "message": False, "work": 1.5})
+        with tempfile.TemporaryDirectory() as logs:
+            worker = WorkerProcess("w1", backend, Path(logs), {"poll": 0.3, "heartbeat": 0.3})
+            try:
+                with anyio.fail_after(30):  # step "a" is under way in the worker process
+                    while not [e for e in await backend.effects() if e.workflow_id == wid]:
+                        await anyio.sleep(0.05)
+                await client.handle(wid).cancel()
+                result = await client.handle(wid).result(timeout=10)
+                assert result.state == WorkflowState.CANCELLED
+                await anyio.sleep(2.5)  # step "a" ends; whatever the worker tries is refused
+            finally:
+                await worker.stop()
+        assert (await client.describe(wid)).state == WorkflowState.CANCELLED
+        steps = sorted(e.step for e in await backend.effects() if e.workflow_id == wid)
+        assert steps == ["a"], steps  # nothing ran after the cancel
