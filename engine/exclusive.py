@@ -63,9 +63,14 @@ async def run_exclusively(
 
     async def lost() -> None:
         # Revoked by a cancel, or expired and taken over: stop at the next operation.
-        state = await commands.read_state(spec.driver, spec.workflow_id)
+        try:
+            cancelled = await commands.read_state(spec.driver, spec.workflow_id) == (
+                WorkflowState.CANCELLED
+            )
+        except StorageError:
+            cancelled = False  # evicted, then: its writes are refused either way
         for run in runs:
-            run.stop(cancelled=state == WorkflowState.CANCELLED)
+            run.stop(cancelled=cancelled)
 
     leased = replace(
         spec,
