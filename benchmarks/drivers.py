@@ -56,7 +56,9 @@ async def step_latencies(driver: Any, steps: int) -> tuple[list[float], float]:
     """Seconds between consecutive steps of one workflow, and batches per step."""
     stamps: list[float] = []
 
-    def step_fn() -> dict[str, Any]:
+    async def step_fn() -> dict[str, Any]:
+        # Async, as the engine's own path is what is measured: a sync body adds a thread
+        # hop per step (benchmarks.step_overhead measures that apart).
         stamps.append(time.perf_counter())
         return VALUE
 

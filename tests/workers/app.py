@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import anyio
@@ -79,11 +80,25 @@ async def mixed(ctx: WorkflowContext, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+async def _plus_one(n: int) -> int:
+    return n + 1
+
+
+async def _double(n: int) -> int:
+    return n * 2
+
+
+async def _minus_one(n: int) -> int:
+    return n - 1
+
+
 async def three(ctx: WorkflowContext, n: int) -> int:
-    """Three tiny steps, no side-effect log: the benchmark's workload."""
-    a = await ctx.step("one", lambda: n + 1)
-    b = await ctx.step("two", lambda: a * 2)
-    return await ctx.step("three", lambda: b - 1)
+    """Three tiny async steps, no side-effect log: the benchmark's workload (as DBOS's,
+    whose steps are async too). Given as coroutine functions (``partial``), they run on the
+    loop; a sync body, or a lambda that returns a coroutine, would take a thread hop."""
+    a = await ctx.step("one", partial(_plus_one, n))
+    b = await ctx.step("two", partial(_double, a))
+    return await ctx.step("three", partial(_minus_one, b))
 
 
 WORKFLOWS = {"mixed": mixed, "three": three}
