@@ -46,6 +46,13 @@ from dataclasses import replace
 from typing import Any, Self, cast
 from urllib.parse import unquote
 
+try:
+    import plyvel  # noqa: F401 - imported here so a missing extra is named at once
+except ImportError as exc:  # the client is an extra: say which
+    raise ImportError(
+        "drivers.leveldb needs plyvel: pip install 'durable-engine[leveldb]'"
+    ) from exc
+
 from drivers._common import (
     check_workflow_id,
     check_writes,

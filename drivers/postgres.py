@@ -37,6 +37,13 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Self
 
+try:
+    import asyncpg  # noqa: F401 - imported here so a missing extra is named at once
+except ImportError as exc:  # the client is an extra: say which
+    raise ImportError(
+        "drivers.postgres needs asyncpg: pip install 'durable-engine[postgres]'"
+    ) from exc
+
 from drivers import _postgres_sql as queries
 from drivers._common import (
     Lifecycle,

@@ -48,7 +48,11 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Self, cast
 
 import anyio
-import redis.asyncio as aioredis
+
+try:
+    import redis.asyncio as aioredis
+except ImportError as exc:  # the client is an extra: say which
+    raise ImportError("drivers.redis needs redis-py: pip install 'durable-engine[redis]'") from exc
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError

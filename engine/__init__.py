@@ -1,5 +1,7 @@
 """Durable execution for plain ``async def`` workflows, replayed from key-value history."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from engine.client import Client, ClientHandle
 from engine.constants import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
@@ -39,6 +41,11 @@ from engine.start import StartedWorkflow, start_workflow
 from engine.state import ErrorInfo, WorkflowResult, WorkflowState
 from engine.worker import Worker
 from engine.worker_events import WorkerStats
+
+try:
+    __version__ = version("durable-engine")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_LOOP_COMMIT_INTERVAL",
@@ -82,6 +89,7 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowResult",
     "WorkflowState",
+    "__version__",
     "run_workflow",
     "start_workflow",
 ]
