@@ -1,7 +1,5 @@
 """Durable execution for plain ``async def`` workflows, replayed from key-value history."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from engine.client import Client, ClientHandle
 from engine.constants import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
@@ -9,6 +7,7 @@ from engine.constants import (
     DEFAULT_RETRY_BACKOFF_BASE,
     DEFAULT_RETRY_BACKOFF_MAX,
     DEFAULT_STEP_TIMEOUT,
+    VERSION,
 )
 from engine.context import WorkflowContext
 from engine.describe import HistoryEntry, WorkflowDescription, WorkflowInfo
@@ -42,10 +41,7 @@ from engine.state import ErrorInfo, WorkflowResult, WorkflowState
 from engine.worker import Worker
 from engine.worker_events import WorkerStats
 
-try:
-    __version__ = version("durable-engine")
-except PackageNotFoundError:  # running from a checkout that was never installed
-    __version__ = "0+unknown"
+__version__ = VERSION
 
 __all__ = [
     "DEFAULT_LOOP_COMMIT_INTERVAL",

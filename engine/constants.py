@@ -1,4 +1,11 @@
-"""Default values of every tunable, in one place (durations in seconds)."""
+"""Default values of every tunable, in one place (durations in seconds); the version."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    VERSION = version("durable-engine")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    VERSION = "0+unknown"
 
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_BACKOFF_BASE = 0.1

@@ -67,6 +67,7 @@ class Field(IntEnum):
     ERROR = 4
     NAME = 5
     ROLLBACK_ERROR = 7  # 6 was a version field that was never written
+    TRACE = 8  # the trace context runs continue (W3C trace-context headers); engine.tracing
 
 
 def _escape(raw: bytes) -> bytes:

@@ -212,6 +212,7 @@ class WorkflowFields:
     output: Any = MISSING
     error: ErrorRecord | None = None
     rollback_error: ErrorRecord | None = None
+    trace: dict[str, str] | None = None  # stored trace-context headers (engine.tracing)
 
     @property
     def seen(self) -> bool:

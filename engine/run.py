@@ -15,6 +15,7 @@ from engine.keys import Location
 from engine.scheduler import Scheduler
 from engine.storage import Storage
 from engine.timeouts import AwaitWithin, for_current_backend
+from engine.tracing import RunTrace
 
 logger = logging.getLogger("engine")
 
@@ -58,6 +59,7 @@ class Run:
     # Resolved once, in the run's event loop: a step's timeout costs what its loop charges.
     await_within: AwaitWithin = field(default_factory=for_current_backend)
     rollback_handlers: list[RollbackHandler] = field(default_factory=list)
+    trace: RunTrace | None = None  # the run's span, when tracing is on (engine.tracing)
 
     def path(self, location: Location) -> str:
         return self.storage.names.render(location)

@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from engine import tracing
 from engine.context import WorkflowContext
 from engine.driver import EngineDriver, WakeSource, is_wake_source
 from engine.errors import (
@@ -110,12 +111,39 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
 
     if spec.on_history_updated is not None:
         storage.on_flushed = flushed
+    run.trace = trace = tracing.start_run(wid, fields.name or _name_of(spec.fn), fields.trace)
+    if trace is None:
+        attach(run)
+        try:
+            kind, value = await _call(run, spec, fields.input)
+            return await _settle(run, spec, kind, value, resume_rollback)
+        finally:
+            attach(None)
+    if fields.trace is None:
+        storage.set_trace(trace.carrier())  # later runs, anywhere, continue this trace
     attach(run)
     try:
-        kind, value = await _call(run, spec, fields.input)
-        return await _settle(run, spec, kind, value, resume_rollback)
+        with trace.active():
+            kind, value = await _call(run, spec, fields.input)
+            result = await _settle(run, spec, kind, value, resume_rollback)
+    except HistoryDivergedError as exc:
+        trace.end("diverged", exc)
+        raise
+    except BaseException as exc:
+        # Failed: the failure is recorded; anything else (the store, a cancelled caller)
+        # left the workflow to resume.
+        failed = storage.fields.state == WorkflowState.FAILED
+        trace.end(WorkflowState.FAILED.value if failed else "error", exc)
+        raise
     finally:
         attach(None)
+    trace.end("evicted" if result.evicted else result.state.value)
+    return result
+
+
+def _name_of(fn: WorkflowFn) -> str:
+    """A workflow run without a registered name (``run_workflow``) is named after its code."""
+    return str(getattr(fn, "__name__", None) or type(fn).__name__)
 
 
 def _recorded_failure(storage: Storage) -> BaseException:

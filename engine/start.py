@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.storage import commands
 from engine.store import Lease, WorkerStore, check_workflow_id
+from engine.tracing import current_carrier
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ async def create(
         raise ValueError(f"workflow {workflow_id!r}: name must be a non-empty string")
     check_workflow_id(workflow_id, store)
     writes = commands.start_writes(
-        workflow_id, name, input, getattr(store, "max_value_bytes", None)
+        workflow_id, name, input, getattr(store, "max_value_bytes", None), current_carrier()
     )
     made = await store.create_workflow(workflow_id, name, writes, time.time(), owner, lease)
     return StartedWorkflow(workflow_id, made.name, made.created), made.lease

@@ -45,5 +45,7 @@ async def run_sleep(
         else:
             wake_at = until if until is not None else time.time() + (seconds or 0.0)
             site.record(SleepEntry(site.pos, wake_at))
+            if site.run.trace is not None:
+                site.run.trace.event("sleep", {"workflow.path": site.path, "sleep.until": wake_at})
         await site.run.scheduler.wait(deadline=wake_at)
         site.record(SleepEntry(site.pos, wake_at, done=True))

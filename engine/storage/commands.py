@@ -116,9 +116,14 @@ async def read_error(driver: EngineDriver, workflow_id: str) -> ErrorRecord | No
 
 
 def start_writes(
-    workflow_id: str, name: str, input: Any, max_value_bytes: int | None = None
+    workflow_id: str,
+    name: str,
+    input: Any,
+    max_value_bytes: int | None = None,
+    trace: dict[str, str] | None = None,
 ) -> list[tuple[bytes, bytes]]:
-    """What starting a workflow writes into its namespace: its registered name and input.
+    """What starting a workflow writes into its namespace: its registered name and input,
+    and the trace context of the caller when it is traced (its runs continue that trace).
 
     Encoded (and held to the store's limit) before anything touches the store: an input
     that cannot be stored leaves no trace.
@@ -126,10 +131,13 @@ def start_writes(
     what = f"workflow {workflow_id!r} input"
     raw_input = wire.value_bytes(input, what)
     wire.check_size(raw_input, max_value_bytes, what)
-    return [
+    writes = [
         (keys.field_key(Field.NAME), wire.value_bytes(name, f"workflow {workflow_id!r} name")),
         (keys.field_key(Field.INPUT), raw_input),
     ]
+    if trace is not None:
+        writes.append((keys.field_key(Field.TRACE), wire.trace_bytes(trace)))
+    return writes
 
 
 def started_as(rows: Sequence[tuple[bytes, bytes]], workflow_id: str) -> tuple[str | None, Any]:

@@ -146,8 +146,10 @@ class Storage:
             fields.output = wire.parse_value(raw, where)
         elif field is Field.ERROR:
             fields.error = wire.parse_error(raw, where)
-        else:
+        elif field is Field.ROLLBACK_ERROR:
             fields.rollback_error = wire.parse_error(raw, where)
+        else:
+            fields.trace = wire.parse_trace(raw, where)
 
     def _field_values(self) -> Iterator[tuple[Field, Any]]:
         """The stored fields as (field, value), those present only."""
@@ -159,6 +161,7 @@ class Storage:
             (Field.OUTPUT, fields.output),
             (Field.ERROR, fields.error),
             (Field.ROLLBACK_ERROR, fields.rollback_error),
+            (Field.TRACE, fields.trace),
         ):
             if value is not None and value is not MISSING:
                 yield field, value
@@ -324,6 +327,11 @@ class Storage:
     def set_rollback_error(self, error: ErrorRecord | None) -> None:
         self.fields.rollback_error = error
         self._set_error_field(Field.ROLLBACK_ERROR, error)
+
+    def set_trace(self, carrier: dict[str, str]) -> None:
+        """Queue the trace context later runs continue (see ``engine.tracing``)."""
+        self.fields.trace = carrier
+        self._set_field(Field.TRACE, carrier, lambda: wire.trace_bytes(carrier))
 
     def _set_error_field(self, field: Field, error: ErrorRecord | None) -> None:
         if error is None:

@@ -350,6 +350,26 @@ def message_bytes(name: str, data: Any, sent_at: float, what: Description) -> by
     return codec.encode({"n": name, "d": data, "t": sent_at}, what)
 
 
+MAX_TRACE_HEADERS = 8  # traceparent and tracestate are all W3C trace context defines
+MAX_TRACE_HEADER_CHARS = 1024
+
+
+def parse_trace(raw: bytes, what: Description) -> dict[str, str]:
+    """Stored trace-context headers: a small map of short strings (anything else is damage)."""
+    carrier = _map(codec.decode(raw, what))
+    if len(carrier) > MAX_TRACE_HEADERS:
+        raise ValueError(f"a trace context holds at most {MAX_TRACE_HEADERS} headers")
+    for key, value in carrier.items():
+        _str(key, "a trace header name")
+        if len(_str(value, "a trace header")) > MAX_TRACE_HEADER_CHARS:
+            raise ValueError(f"trace header {key!r} is over {MAX_TRACE_HEADER_CHARS} characters")
+    return carrier
+
+
+def trace_bytes(carrier: dict[str, str]) -> bytes:
+    return codec.encode(carrier, "trace context")
+
+
 def parse_string(raw: bytes, what: Description) -> str:
     return _str(codec.decode_text(raw, what), "the field")
 

@@ -1,0 +1,180 @@
+"""OpenTelemetry spans for runs and executed steps, through the global tracer provider.
+
+Tracing is on only when the ``otel`` extra is installed (``opentelemetry-api``) *and* the
+application has set a tracer provider; otherwise ``start_run`` returns None and a run pays
+one function call for it, a step nothing (it tests ``run.trace is None``).
+
+A run's span is named ``workflow <name>``; an executed step's (never a replayed one's)
+``step <name>``, a child of its run's. The first traced run of a workflow stores its span
+context with the workflow (``Field.TRACE``, W3C trace-context headers), or the context
+current when ``start_workflow`` was called, when that came first; every later run, in any
+process, starts its span as a child of what is stored, so one workflow is one trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from engine.constants import VERSION
+from engine.errors import SuspendSignal
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+except ImportError:  # the ``otel`` extra is not installed: tracing is off
+    otel_trace = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer, TracerProvider
+
+TRACER_NAME = "durable-engine"
+
+# Attribute names on run and step spans.
+WORKFLOW_ID = "workflow.id"
+WORKFLOW_NAME = "workflow.name"
+PATH = "workflow.path"
+ATTEMPT = "workflow.attempt"
+OUTCOME = "workflow.outcome"
+
+_cached: tuple[Any, Any] = (None, None)  # (provider, its tracer)
+_chosen: TracerProvider | None = None
+
+
+def use_tracer_provider(provider: TracerProvider | None) -> None:
+    """Trace the engine through ``provider`` rather than OpenTelemetry's global one (which
+    a process sets once); None goes back to the global one. For tests, and for a process
+    that keeps its workflows' spans apart."""
+    global _chosen
+    _chosen = provider
+
+
+def tracer() -> Tracer | None:
+    """The engine's tracer, or None when tracing is off (no extra, or no provider set)."""
+    global _cached
+    if otel_trace is None:
+        return None
+    provider: TracerProvider = _chosen or otel_trace.get_tracer_provider()
+    if isinstance(provider, otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider):
+        return None
+    cached_provider, cached_tracer = _cached
+    if cached_provider is provider:
+        return cached_tracer  # type: ignore[no-any-return]
+    made = provider.get_tracer(TRACER_NAME, VERSION)
+    _cached = (provider, made)
+    return made
+
+
+def current_carrier() -> dict[str, str] | None:
+    """The caller's active span context as trace-context headers, for a workflow being
+    started inside a traced request; None when tracing is off or no span is active."""
+    if tracer() is None or not otel_trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier or None
+
+
+class StepTrace:
+    """The span of one executed step; the step reports attempts and retries to it."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def attempt(self, attempt: int) -> None:
+        self.span.set_attribute(ATTEMPT, attempt)
+
+    def retry(self, attempt: int, delay: float, error: BaseException) -> None:
+        self.span.add_event(
+            "retry",
+            {
+                ATTEMPT: attempt,
+                "retry.delay_seconds": delay,
+                "exception.type": type(error).__name__,
+                "exception.message": str(error),
+            },
+        )
+
+
+class RunTrace:
+    """The span of one run of one workflow."""
+
+    __slots__ = ("_tracer", "base", "span")
+
+    def __init__(self, tracer: Tracer, span: Span, base: Mapping[str, str]) -> None:
+        self._tracer = tracer
+        self.span = span
+        self.base = base  # workflow id and name, on every span of the run
+
+    def carrier(self) -> dict[str, str]:
+        """This run's span context as trace-context headers, to store with the workflow."""
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(
+            carrier, context=otel_trace.set_span_in_context(self.span)
+        )
+        return carrier
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Make the run's span current, so the workflow's own spans nest under it."""
+        token = otel_context.attach(otel_trace.set_span_in_context(self.span))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        self.span.add_event(name, dict(attributes))
+
+    @contextmanager
+    def step(self, name: str, path: str) -> Iterator[StepTrace]:
+        """A span around one step's executed attempts, current while its body runs."""
+        span = self._tracer.start_span(f"step {name}", attributes={**self.base, PATH: path})
+        traced = StepTrace(span)
+        try:
+            with otel_trace.use_span(
+                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+            ):
+                yield traced
+        except Exception as exc:
+            _failed(span, exc)
+            raise
+        except SuspendSignal:
+            span.set_attribute(OUTCOME, "retry")  # the run yields until the retry is due
+            raise
+        except BaseException:
+            span.set_attribute(OUTCOME, "stopped")  # evicted, cancelled, or a race lost
+            raise
+        else:
+            span.set_attribute(OUTCOME, "ok")
+        finally:
+            span.end()
+
+    def end(self, outcome: str, error: BaseException | None = None) -> None:
+        """End the run's span with how the run ended (a state, ``diverged``, ``error``)."""
+        if error is not None:
+            _failed(self.span, error)
+        self.span.set_attribute(OUTCOME, outcome)
+        self.span.end()
+
+
+def start_run(workflow_id: str, name: str, stored: Mapping[str, str] | None) -> RunTrace | None:
+    """Start a run's span (None when tracing is off): a child of the stored context when the
+    workflow has one, else of whatever span is current."""
+    made = tracer()
+    if made is None:
+        return None
+    parent = None if stored is None else TraceContextTextMapPropagator().extract(stored)
+    base = {WORKFLOW_ID: workflow_id, WORKFLOW_NAME: name}
+    span = made.start_span(f"workflow {name}", context=parent, attributes=base)
+    return RunTrace(made, span, base)
+
+
+def _failed(span: Span, error: BaseException) -> None:
+    span.record_exception(error)
+    span.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR, f"{type(error).__name__}"))
+    span.set_attribute(OUTCOME, "failed")
