@@ -1,4 +1,10 @@
-"""What one run shares between its contexts: storage, scheduler, hooks, rollback handlers."""
+"""What one run shares between its contexts: storage, scheduler, hooks, rollback handlers.
+
+Failures are logged here, where every one passes (``Run.emit_error``), on the
+``engine.runner`` logger with structured fields as ``extra``: ``event``
+(``step_failed``, ``rollback_failed``, ``workflow_failed``), ``workflow_id``,
+``workflow_name``, ``path``, ``attempt`` and the details as ``fields``.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from engine.timeouts import AwaitWithin, for_current_backend
 from engine.tracing import RunTrace
 
 logger = logging.getLogger("engine")
+runner_logger = logging.getLogger("engine.runner")
 
 ErrorHook = Callable[["ErrorEvent"], "Awaitable[None] | None"]
 HistoryHook = Callable[[str], "Awaitable[None] | None"]
@@ -60,6 +67,7 @@ class Run:
     await_within: AwaitWithin = field(default_factory=for_current_backend)
     rollback_handlers: list[RollbackHandler] = field(default_factory=list)
     trace: RunTrace | None = None  # the run's span, when tracing is on (engine.tracing)
+    workflow_name: str = ""  # the registered name, else the function's
 
     def path(self, location: Location) -> str:
         return self.storage.names.render(location)
@@ -73,7 +81,38 @@ class Run:
         self.scheduler.stop()
 
     async def emit_error(self, event: ErrorEvent) -> None:
+        """Log a failed attempt, handler or workflow, then pass it to ``on_error``."""
+        level = logging.WARNING if event.will_retry else logging.ERROR
+        if runner_logger.isEnabledFor(level):
+            self._log_error(level, event)
         await call_hook(self.on_error, event, "on_error")
+
+    def _log_error(self, level: int, event: ErrorEvent) -> None:
+        error = f"{type(event.error).__name__}: {event.error}"
+        retry = "" if event.retry_at is None else f", retrying at {event.retry_at:.3f}"
+        runner_logger.log(
+            level,
+            "%s: workflow %r (%s) at %s, attempt %d: %s%s",
+            f"{event.kind}_failed",
+            event.workflow_id,
+            self.workflow_name,
+            event.location,
+            event.attempt,
+            error,
+            retry,
+            extra={
+                "event": f"{event.kind}_failed",
+                "workflow_id": event.workflow_id,
+                "workflow_name": self.workflow_name,
+                "path": event.location,
+                "attempt": event.attempt,
+                "fields": {
+                    "will_retry": event.will_retry,
+                    "retry_at": event.retry_at,
+                    "error": error,
+                },
+            },
+        )
 
 
 async def call_hook(hook: Callable[[Any], Any] | None, argument: Any, label: str) -> None:

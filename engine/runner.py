@@ -104,14 +104,15 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
         lambda earliest: _arm_while_live(run, spec, earliest),
         message_poll=not is_wake_source(spec.driver),
     )
-    run = Run(wid, storage, scheduler, spec.on_error)
+    name = fields.name or _name_of(spec.fn)
+    run = Run(wid, storage, scheduler, spec.on_error, workflow_name=name)
 
     async def flushed() -> None:
         await call_hook(spec.on_history_updated, wid, "on_history_updated")
 
     if spec.on_history_updated is not None:
         storage.on_flushed = flushed
-    run.trace = trace = tracing.start_run(wid, fields.name or _name_of(spec.fn), fields.trace)
+    run.trace = trace = tracing.start_run(wid, name, fields.trace)
     if trace is None:
         attach(run)
         try:

@@ -102,7 +102,6 @@ class Worker:
         self.stats = WorkerStats()
         events = EventLog(self.worker_id)
         self._log = events.log
-        self._on_error = events.on_step_error
         self._slots: dict[str, Slot] = {}
         self._beat = Heartbeat(
             store, self.lease, self.heartbeat, self._slots, self._log, self._lose
@@ -340,7 +339,7 @@ class Worker:
             driver,
             "yield",
             None,
-            self._on_error,
+            None,  # failed attempts are logged by the run itself (engine.runner)
             snapshot=rows,
             finish=finish,
         )

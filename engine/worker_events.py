@@ -11,8 +11,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from engine.run import ErrorEvent
-
 logger = logging.getLogger("engine.worker")
 
 
@@ -58,19 +56,4 @@ class EventLog:
                 "worker": self.worker_id,
                 "fields": fields,
             },
-        )
-
-    async def on_step_error(self, event: ErrorEvent) -> None:
-        """The runs' ``on_error`` hook: a failed step attempt or rollback handler."""
-        if event.kind == "workflow":
-            return  # logged once, with the outcome, by the worker
-        self.log(
-            logging.WARNING if event.will_retry else logging.ERROR,
-            f"{event.kind}_failed",
-            event.workflow_id,
-            location=event.location,
-            attempt=event.attempt,
-            will_retry=event.will_retry,
-            retry_at=event.retry_at,
-            error=event.error,
         )

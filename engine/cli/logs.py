@@ -8,7 +8,8 @@ from typing import Any
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, event, workflow_id, worker, then the details."""
+    """One JSON object per line: ts, level, event, workflow_id, worker, workflow_name, path
+    and attempt when known, then the details."""
 
     def format(self, record: logging.LogRecord) -> str:
         event = getattr(record, "event", None)
@@ -19,6 +20,10 @@ class JsonFormatter(logging.Formatter):
             "workflow_id": getattr(record, "workflow_id", None),
             "worker": getattr(record, "worker", None),
         }
+        for optional in ("workflow_name", "path", "attempt"):
+            value = getattr(record, optional, None)
+            if value is not None:
+                line[optional] = value
         fields = getattr(record, "fields", None)
         if event is None:
             line["logger"] = record.name

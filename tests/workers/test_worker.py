@@ -350,15 +350,26 @@ async def test_failure_is_logged_and_indexed_as_failed(
 
     wid = _wid()
     await start_workflow(store, "broken", wid, None)
-    caplog.set_level(logging.INFO, logger="engine.worker")
+    caplog.set_level(logging.INFO, logger="engine")
     worker = _worker(store, {"broken": broken})
     async with running(worker):
         await wait_until(lambda: all_in_state(store, [wid], "failed"), what="failed")
     assert worker.stats.failed == 1
     assert not await _due(store, wid)
     events = [(getattr(r, "event", None), getattr(r, "fields", {})) for r in caplog.records]
-    attempts = [f["attempt"] for e, f in events if e == "step_failed"]
-    assert attempts == [1, 2]
+    step_failures = [r for r in caplog.records if getattr(r, "event", None) == "step_failed"]
+    assert [(r.levelname, r.attempt) for r in step_failures] == [  # type: ignore[attr-defined]
+        ("WARNING", 1),
+        ("ERROR", 2),
+    ]
+    for record in step_failures:
+        assert record.name == "engine.runner"
+        assert (record.workflow_id, record.workflow_name, record.path) == (  # type: ignore[attr-defined]
+            wid,
+            "broken",
+            "fail",
+        )
+        assert "ValueError: boom" in record.getMessage()
     assert any(e == "workflow_failed" for e, _ in events)
 
 
