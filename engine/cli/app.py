@@ -1,8 +1,11 @@
 """The ``durable-engine`` commands (also ``python -m engine``), parsed by Typer.
 
-Every command takes ``--store URL`` (or ``DURABLE_STORE``), ``--namespace`` (or
-``DURABLE_NAMESPACE``) and, except ``worker``, ``--json``. ``main`` turns every failure into
-one line on stderr, ``error: ...``, never a traceback, and an exit code (``EXIT_*``).
+``worker`` runs workflows; ``list``, ``show``, ``start``, ``message``, ``wake``, ``cancel`` and
+``recover`` reach them from a shell; ``dashboard`` serves the web dashboard (the
+``dashboard`` extra). Every command takes ``--store URL`` (or ``DURABLE_STORE``),
+``--namespace`` (or ``DURABLE_NAMESPACE``) and, except ``worker`` and ``dashboard``,
+``--json``. ``main`` turns every failure into one line on stderr, ``error: ...``, never a
+traceback, and an exit code (``EXIT_*``).
 """
 
 from __future__ import annotations
@@ -255,6 +258,40 @@ def recover(
 ) -> None:
     """Make a failed workflow runnable again and schedule a run."""
     _steer(store, namespace, as_json, workflow_id, "recover")
+
+
+@app.command()
+def dashboard(
+    store: Store = None,
+    namespace: Namespace = None,
+    host: Annotated[str, typer.Option(help="the address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="the port to listen on (0: any free one)")] = 8000,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="show workflows, refuse every action")
+    ] = False,
+) -> None:
+    """Serve the web dashboard: workflows, their history, and buttons to steer them."""
+    if not store:
+        raise CommandError("no store given: pass --store URL or set DURABLE_STORE")
+    # The dashboard's libraries are an extra; without them this names it (ImportError).
+    from engine.dashboard import create_app, server
+
+    try:
+        sock = server.listen(host, port)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).partition(" (while")[0]
+        raise CommandError(f"cannot listen on {host}:{port}: {reason}") from None
+
+    async def serve() -> None:
+        async with open_store(store, namespace=namespace or None) as opened:
+            label = server.store_label(store, namespace)
+            app = create_app(opened, read_only=read_only, label=label)
+            mode = " (read-only)" if read_only else ""
+            print(f"dashboard{mode}: {server.address(sock)}/ serving {label}", flush=True)
+            await server.serve(app, sock)
+
+    with sock:
+        anyio.run(serve)
 
 
 def _steer(
