@@ -129,6 +129,8 @@ class DatabaseHandle(Lifecycle):
     async def due_alarms(
         self, now: float | None = None, limit: int = 100
     ) -> list[tuple[str, float]]:
+        """Up to ``limit`` ``(workflow_id, wake_at)`` pairs whose alarm is due at ``now``
+        (the current time when None), earliest first."""
         """Alarms with a wake time at or before ``now``, earliest first."""
         cutoff = time.time() if now is None else now
         return self._read("due_alarms", lambda db: scan_due(db, cutoff, limit, lambda _: True))

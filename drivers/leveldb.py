@@ -229,12 +229,15 @@ class LevelDBStore(DatabaseHandle):
         return cls(path, worker_poll_interval=worker_poll_interval, **options)
 
     def driver(self, workflow_id: str) -> LevelDBDriver:
+        """The namespace of ``workflow_id``: a driver that reads and writes only its keys."""
         return LevelDBDriver(self, workflow_id)
 
     def fenced_driver(self, lease: Lease) -> LevelDBDriver:
         return LevelDBDriver(self, lease.workflow_id, lease)
 
     def check_workflow_id(self, workflow_id: str) -> None:
+        """Raise ``ValueError`` naming the store and its limit for an id it cannot hold:
+        empty, not UTF-8 encodable, or over ``MAX_ID_BYTES`` in UTF-8."""
         check_workflow_id(STORE, workflow_id, MAX_ID_BYTES)
 
     async def create_workflow(

@@ -222,6 +222,8 @@ class MemoryDriver:
     async def due_alarms(
         self, now: float | None = None, limit: int = 100
     ) -> builtins.list[tuple[str, float]]:
+        """Up to ``limit`` ``(workflow_id, wake_at)`` pairs whose alarm is due at ``now``
+        (the current time when None), earliest first."""
         return self._alarms.due(now, limit)
 
     def alarm(self, workflow_id: str) -> float | None:
@@ -229,6 +231,7 @@ class MemoryDriver:
         return self._alarms.wake_at.get(workflow_id)
 
     def key_count(self) -> int:
+        """How many keys this namespace holds (for tests of bounded history)."""
         return len(self._ns.order)
 
 
@@ -272,12 +275,15 @@ class MemoryStore(Lifecycle):
         return cls(worker_poll_interval=worker_poll_interval, **options)
 
     def driver(self, workflow_id: str) -> MemoryDriver:
+        """The namespace of ``workflow_id``: a driver that reads and writes only its keys."""
         return MemoryDriver(self, workflow_id)
 
     def fenced_driver(self, lease: Lease) -> MemoryDriver:
         return MemoryDriver(self, lease.workflow_id, lease)
 
     def check_workflow_id(self, workflow_id: str) -> None:
+        """Raise ``ValueError`` naming the store and its limit for an id it cannot hold:
+        empty, not UTF-8 encodable, or over ``MAX_ID_BYTES`` in UTF-8."""
         check_workflow_id(_STORE, workflow_id, MAX_ID_BYTES)
 
     # Worker support (engine.store.WorkerStore): one process, so claims live in memory.
@@ -420,9 +426,12 @@ class MemoryStore(Lifecycle):
     async def due_alarms(
         self, now: float | None = None, limit: int = 100
     ) -> list[tuple[str, float]]:
+        """Up to ``limit`` ``(workflow_id, wake_at)`` pairs whose alarm is due at ``now``
+        (the current time when None), earliest first."""
         return self._alarms.due(now, limit)
 
     def key_count(self) -> int:
+        """How many keys every namespace of the store holds together (for tests)."""
         return sum(len(ns.order) for ns in self._namespaces.values())
 
     async def close(self) -> None:

@@ -74,6 +74,8 @@ MAX_KEY_BYTES = 2048
 and kv's primary key entry is at most 8 (tuple header) + 4 + 512 (the id) + 3 (alignment)
 + 4 + 2048 (the key) = 2579 bytes: room to spare, even for incompressible bytes."""
 DEFAULT_SCHEMA = "durable"
+"""The schema the tables live in when none is given (``connect``'s ``schema``, the
+``--namespace`` of the command line)."""
 # Channel names derive from the schema and must fit NAMEDATALEN (63 bytes), hence 48.
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 _REFUSED_IN_IDS = "\x00"  # text cannot hold NUL
@@ -244,11 +246,14 @@ class PostgresStore(Lifecycle):
         check_workflow_id(STORE, workflow_id, MAX_WORKFLOW_ID_BYTES, _REFUSED_IN_IDS)
 
     def driver(self, workflow_id: str) -> PostgresDriver:
+        """The namespace of ``workflow_id``: a driver that reads and writes only its keys."""
         return PostgresDriver(self, workflow_id)
 
     async def due_alarms(
         self, now: float | None = None, limit: int = 100
     ) -> list[tuple[str, float]]:
+        """Up to ``limit`` ``(workflow_id, wake_at)`` pairs whose alarm is due at ``now``
+        (the current time when None), earliest first."""
         now = time.time() if now is None else now
         rows = await self._query("due_alarms", "fetch", now, limit)
         return [(row[0], row[1]) for row in rows]

@@ -79,11 +79,17 @@ STORE = "redis store"
 # Redis caps a bulk string (and so a hash value or zset member) at 512 MiB by default
 # (proto-max-bulk-len); a whole request is capped at 1 GiB (client-query-buffer-limit).
 MAX_VALUE_BYTES = 512 * 1024 * 1024
+"""Largest key or value accepted: Redis's own cap on a string (``proto-max-bulk-len``)."""
 MAX_BATCH_BYTES = 1024 * 1024 * 1024 - 1024 * 1024
+"""Largest batch accepted, keys and values together: under Redis's 1 GiB request cap."""
 # Ids travel in keys (hex, twice as long), channel names and index members.
 MAX_ID_BYTES = 1024
+"""The longest workflow id, in UTF-8."""
 DEFAULT_RETRIES = 3
+"""How many times a call on a dropped connection is sent again (``connect``'s ``retry``)."""
 DEFAULT_NAMESPACE = "durable"
+"""The key prefix when none is given (``connect``'s ``namespace``, the ``--namespace`` of
+the command line)."""
 # OSError: a socket error redis-py did not wrap.
 _map_errors = ErrorMap(STORE, RedisError, OSError)
 
@@ -279,6 +285,8 @@ class RedisStore(IndexReads, Lifecycle):
         )
 
     def check_workflow_id(self, workflow_id: str) -> None:
+        """Raise ``ValueError`` naming the store and its limit for an id it cannot hold:
+        empty, not UTF-8 encodable, or over ``MAX_ID_BYTES`` in UTF-8."""
         check_workflow_id(STORE, workflow_id, MAX_ID_BYTES)
 
     def _workflow_head(self, workflow_id: str) -> str:
@@ -294,6 +302,7 @@ class RedisStore(IndexReads, Lifecycle):
         return [head + ":kv", head + ":ix", head + ":lease"]
 
     def driver(self, workflow_id: str) -> RedisDriver:
+        """The namespace of ``workflow_id``: a driver that reads and writes only its keys."""
         return RedisDriver(self, workflow_id)
 
     def fenced_driver(self, lease: Lease) -> RedisDriver:
@@ -309,6 +318,8 @@ class RedisStore(IndexReads, Lifecycle):
     async def due_alarms(
         self, now: float | None = None, limit: int = 100
     ) -> list[tuple[str, float]]:
+        """Up to ``limit`` ``(workflow_id, wake_at)`` pairs whose alarm is due at ``now``
+        (the current time when None), earliest first."""
         cutoff = time.time() if now is None else now
         with _map_errors("due_alarms"):
             rows: list[tuple[bytes, float]] = await self._client.zrangebyscore(

@@ -33,25 +33,66 @@ from engine.store import WorkerStore, WorkflowRow
 
 
 class Client:
-    """An app's way to its workflows in ``store`` (any store that keeps an index)."""
+    """An app's way to its workflows in ``store`` (any store that keeps an index).
+
+    It knows workflows by id alone (neither their function nor their input) and never runs
+    them. Every store of ``drivers`` works.
+
+    Args:
+        store: the store the workers use.
+    """
 
     def __init__(self, store: WorkerStore) -> None:
         self.store = store
 
     async def start(self, name: str, workflow_id: str, input: Any) -> StartedWorkflow:
         """Record ``name`` and ``input`` for ``workflow_id`` and make it due now, for any
-        Worker serving ``name``; idempotent per id (``start_workflow``)."""
+        Worker serving ``name``; idempotent per id (``start_workflow``).
+
+        Args:
+            name: the registered workflow name.
+            workflow_id: the new workflow's id.
+            input: its input, any storable value.
+
+        Returns:
+            The workflow's id and registered name, and whether this call created it.
+
+        Raises:
+            ValueError: ``name`` is empty, or the store cannot hold ``workflow_id``.
+            SerializationError: ``input`` cannot be stored.
+            StorageError: the store failed; nothing was written.
+        """
         return await start_workflow(self.store, name, workflow_id, input)
 
     def handle(self, workflow_id: str) -> ClientHandle:
-        """A handle on ``workflow_id`` that never runs it; no I/O."""
+        """A handle on ``workflow_id`` that never runs it; no I/O.
+
+        Args:
+            workflow_id: the workflow's id; it need not exist yet.
+
+        Returns:
+            A handle whose ``result(timeout=...)`` waits for the workflow's end.
+        """
         return ClientHandle(workflow_id, self.store.driver(workflow_id))
 
     async def list(
         self, *, state: str | None = None, name: str | None = None, limit: int = 100
     ) -> list[WorkflowInfo]:
         """Workflows in the store, most recently updated first; filtered by ``state``
-        (``running``: a run holds it now) and registered ``name``."""
+        (``running``: a run holds it now) and registered ``name``.
+
+        Args:
+            state: only workflows in this state (a ``WorkflowState`` value); None for all.
+            name: only workflows registered under this name; None for all.
+            limit: the most workflows returned. Default ``100``.
+
+        Returns:
+            One ``WorkflowInfo`` per workflow, however it was started.
+
+        Raises:
+            ValueError: ``state`` is not a ``WorkflowState`` value.
+            StorageError: the store failed.
+        """
         if state is not None:
             WorkflowState(state)  # a ValueError names the unknown state
         rows = await self.store.workflow_rows(state=state, name=name, limit=limit)
@@ -59,7 +100,21 @@ class Client:
 
     async def describe(self, workflow_id: str) -> WorkflowDescription:
         """State, input, output, error, what it waits for, and its history in recorded
-        order; ``KeyError`` for a workflow the store does not hold."""
+        order; ``KeyError`` for a workflow the store does not hold.
+
+        Reads the workflow's whole namespace once, read-only.
+
+        Args:
+            workflow_id: the workflow's id.
+
+        Returns:
+            The workflow's description, ``history`` in the order it was recorded.
+
+        Raises:
+            KeyError: the store holds no workflow ``workflow_id``.
+            CorruptedRecordError: a stored record cannot be read.
+            StorageError: the store failed.
+        """
         row = await self.store.workflow_row(workflow_id)
         storage = Storage(self.store.driver(workflow_id), workflow_id)
         await storage.load()
@@ -82,14 +137,37 @@ class Client:
 
 
 class ClientHandle(WorkflowHandle[Any]):
-    """A ``WorkflowHandle`` that never runs the workflow; ``result`` waits for its end."""
+    """A ``WorkflowHandle`` that never runs the workflow; ``result`` waits for its end.
+
+    ``message``, ``wake``, ``cancel``, ``recover``, ``get_state``, ``get_output`` and
+    ``get_error`` work as on any handle; ``evict`` does nothing (there is no run here), and
+    ``async with`` raises ``TypeError``. Made by ``Client.handle``.
+    """
 
     def __init__(self, workflow_id: str, driver: EngineDriver) -> None:
         super().__init__(RunSpec(workflow_id, _never, None, driver, "yield", None, None))
 
     async def result(self, timeout: float | None = None) -> WorkflowResult[Any]:
         """Wait until the workflow completed (its result), failed (raises as a later run
-        would) or was cancelled; ``TimeoutError`` after ``timeout`` seconds."""
+        would) or was cancelled; ``TimeoutError`` after ``timeout`` seconds.
+
+        Woken by the store when a run ends (Redis pub/sub, PostgreSQL LISTEN/NOTIFY,
+        in-process events); a store without wake-ups is polled every
+        ``worker_poll_interval``. A workflow that only sleeps or waits has not ended.
+
+        Args:
+            timeout: seconds to wait at most; None (the default) waits for ever.
+
+        Returns:
+            A result in state ``completed`` (with ``output``) or ``cancelled``.
+
+        Raises:
+            TimeoutError: the workflow did not end within ``timeout`` seconds.
+            WorkflowError: the workflow failed: its recorded error, an engine error as its
+                own type (``StepExhaustedError``, ``CriticalError``, ...), any other as
+                ``WorkflowFailedError``.
+            StorageError: the store failed.
+        """
         with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
             async with self._wakeups() as wakeups:
                 while True:

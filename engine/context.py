@@ -34,7 +34,11 @@ T = TypeVar("T")
 
 
 class Queue:
-    """``ctx.queue``: waits for messages sent with ``handle.message(name, data)``."""
+    """``ctx.queue``: waits for messages sent with ``handle.message(name, data)``.
+
+    Messages wait in the store until a wait takes them; each is taken once, oldest first,
+    in the same atomic write that records it in the workflow's history.
+    """
 
     def __init__(self, ctx: WorkflowContext) -> None:
         self._ctx = ctx
@@ -47,14 +51,46 @@ class Queue:
         count: int = 1,
         timeout: float | None = None,
     ) -> Coroutine[Any, Any, list[Any]]:
-        """Wait for ``count`` messages whose name is in ``names`` (any when None), FIFO."""
+        """Wait for ``count`` messages whose name is in ``names`` (any when None), FIFO.
+
+        Args:
+            name: the wait's own operation name, unique in its scope.
+            names: the message names to take; None takes messages of any name.
+            count: how many messages to wait for, an ``int >= 1``.
+            timeout: seconds to wait at most, counted from the first time this wait
+                started (recorded, so a restart does not extend it); None waits for ever,
+                ``0`` takes only what is already stored.
+
+        Returns:
+            The data of the messages taken, oldest first: ``count`` of them, or fewer
+                (maybe none) when the timeout passed first.
+
+        Raises:
+            ValueError: when called, for a ``count``, ``timeout`` or ``names`` out of range
+                (``names`` must be a non-empty list of non-empty strings, not a string), or
+                an empty or non-string ``name``.
+            HistoryDivergedError: when called, if ``name`` is used twice in this scope or
+                history holds another operation at this position.
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
         ctx = self._ctx
         wanted = queue.validate(ctx.run, name, names, count, timeout)
         return queue.run_next(ctx._begin(name, "message"), wanted, count, timeout)
 
 
 class WorkflowContext:
-    """One scope of a workflow (the body, a branch, a loop iteration) and its cursor."""
+    """What a workflow function receives: one scope of a workflow and its operations.
+
+    A workflow's body, each branch of a join or race and each loop iteration get a context
+    of their own. Every operation takes a name, unique in its scope, and is checked against
+    history when it is *called*, before it is awaited: a non-string or empty name raises
+    ``ValueError``, a name used twice in the scope or an operation that does not match what
+    history holds at this position raises ``HistoryDivergedError``, and an operation started
+    while the previous one of the scope was not awaited raises ``EntryInProgressError``.
+    The attributes ``run``, ``scope``, ``scope_node`` and ``in_branch`` and the methods
+    ``child``, ``end_scope`` and ``release`` are the engine's own plumbing.
+    """
 
     def __init__(
         self, run: Run, scope: Location, scope_node: Node, in_branch: bool = False
@@ -70,19 +106,25 @@ class WorkflowContext:
 
     @property
     def queue(self) -> Queue:
-        """``ctx.queue.next(...)``: made on use, as most scopes never wait for messages."""
+        """The workflow's message queue: ``await ctx.queue.next(...)`` waits for messages."""
         return Queue(self)
 
     @property
     def workflow_id(self) -> str:
+        """The id of the workflow this context runs."""
         return self.run.workflow_id
 
     @property
     def aborted(self) -> anyio.Event:
-        """Set on eviction or cancellation; pass it to long-running work inside steps."""
+        """An ``anyio.Event`` set when the run is evicted or the workflow cancelled.
+
+        Pass it to long-running work inside a step so it can stop early; the run itself
+        stops at its next operation either way.
+        """
         return self.run.aborted
 
     def is_evicted(self) -> bool:
+        """Whether the run was evicted or the workflow cancelled (``aborted`` is set)."""
         return self.run.aborted.is_set()
 
     # Operations
@@ -133,6 +175,54 @@ class WorkflowContext:
         ``timeout`` holds); an async one, or one returning an awaitable, is awaited on the
         loop. Typed for both: ``await ctx.step("charge", lambda: charge(order_id))`` has the
         type ``charge`` returns, awaited or not.
+
+        A failed attempt is retried after ``min(retry_backoff_base * 2 ** (n - 1),
+        retry_backoff_max)`` seconds (``n`` the attempt that failed; no jitter), in memory
+        when that is no longer than the store's ``worker_poll_interval``, otherwise by
+        ending the run (yield mode) with an alarm at the retry time.
+
+        Args:
+            name: the step's name, unique in its scope.
+            fn: a callable taking no arguments (use a lambda or ``functools.partial``).
+            max_retries: retries after the first attempt, an ``int >= 0``: ``0`` means one
+                attempt, ``1`` two attempts, the default ``3`` four.
+            retry_backoff_base: seconds before the first retry, a number ``>= 0``
+                (``0``: retry at once). Default ``0.1``.
+            retry_backoff_max: the longest wait between two attempts, a number ``>= 0``.
+                Default ``30.0``.
+            timeout: seconds each attempt may take, a number ``>= 0``; ``0`` (or ``inf``)
+                means no timeout. Default ``30.0``. An async ``fn`` is cancelled at its next
+                ``await`` past the deadline; a sync one's thread cannot be stopped, is
+                abandoned, and what it returns later is discarded.
+            ephemeral: when True, the step's record is written with the run's next write
+                instead of before the next operation (a crash before then runs it again).
+            rollback: an async handler ``handler(rctx, output)`` that undoes the step if the
+                workflow later fails: ``rctx`` is a ``RollbackContext``, ``output`` what
+                this step returned. Needs a ``rollback_checkpoint`` earlier in the run.
+
+        Returns:
+            What ``fn`` returned (awaited, if it returned an awaitable), as stored: the
+                first run returns exactly what replay returns (tuples and bytes preserved).
+
+        Raises:
+            TypeError: when called, if ``fn`` or ``rollback`` is not callable.
+            ValueError: when called, for an option out of range, or an empty or non-string
+                ``name``.
+            HistoryDivergedError: when called, if ``name`` is used twice in this scope or
+                history holds another operation at this position.
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+            StepExhaustedError: every one of the ``1 + max_retries`` attempts failed; the
+                last error is its ``__cause__`` on the run where it happened.
+            StepTimeoutError: an attempt ran longer than ``timeout``; never retried.
+            CriticalError: ``fn`` raised it (or a subclass); never retried.
+            RollbackError: ``fn`` raised it; never retried.
+            SerializationError: the output cannot be stored (not msgpack data, or over the
+                store's ``max_value_bytes``); never retried.
+            RollbackCheckpointError: ``rollback`` is given and no checkpoint came before
+                the step in this run; ``fn`` is not called.
+            WorkflowFailedError: on replay, a step that failed with an error that is not one
+                of the engine's is raised again as this, carrying its type name and message.
         """
         options = step.validate(
             self.run,
@@ -148,26 +238,107 @@ class WorkflowContext:
         return step.run_step(self._begin(name, "step"), fn, options)
 
     def sleep(self, name: str, seconds: float) -> Coroutine[Any, Any, None]:
-        """Wait ``seconds``: in memory when short, otherwise by yielding until an alarm."""
+        """Wait ``seconds``: in memory when short, otherwise by yielding until an alarm.
+
+        The wake time is recorded when the sleep first starts, so a restart never stretches
+        it. In yield mode a sleep no longer than the store's ``worker_poll_interval`` waits
+        in memory and a longer one ends the run with an alarm at the wake time; in live mode
+        the run waits in memory, its alarm armed.
+
+        Args:
+            name: the sleep's name, unique in its scope.
+            seconds: how long, a finite number ``>= 0``.
+
+        Raises:
+            ValueError: when called, if ``seconds`` is not a finite number ``>= 0``, or
+                for an empty or non-string ``name``.
+            HistoryDivergedError: when called, if ``name`` is used twice in this scope or
+                history holds another operation at this position.
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
         sleep.validate(self.run, name, seconds, "seconds")
         return sleep.run_sleep(self._begin(name, "sleep"), seconds=seconds)
 
     def sleep_until(self, name: str, timestamp: float) -> Coroutine[Any, Any, None]:
-        """Wait until the Unix time ``timestamp`` (a past time returns at once)."""
+        """Wait until the Unix time ``timestamp`` (a past time returns at once).
+
+        Waits like ``sleep``, for an absolute time (``time.time()`` seconds).
+
+        Args:
+            name: the sleep's name, unique in its scope.
+            timestamp: the wake time, a finite Unix time in seconds.
+
+        Raises:
+            ValueError: when called, if ``timestamp`` is not a finite number, or for an
+                empty or non-string ``name``.
+            HistoryDivergedError: when called, if ``name`` is used twice in this scope or
+                history holds another operation at this position.
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
         sleep.validate(self.run, name, timestamp, "timestamp")
         return sleep.run_sleep(self._begin(name, "sleep"), until=timestamp)
 
     def join(
         self, name: str, branches_: Mapping[str, Callable[[WorkflowContext], Awaitable[Any]]]
     ) -> Coroutine[Any, Any, dict[str, Any]]:
-        """Run every branch concurrently, each in its own scope; all settle."""
+        """Run every branch concurrently, each in its own scope; all settle.
+
+        A branch that waits lets the others run on; the run yields only when every branch
+        waits, with the earliest deadline as its alarm.
+
+        Args:
+            name: the join's name, unique in its scope.
+            branches_: branch name -> ``async def branch(bctx)``, where ``bctx`` is a
+                context for the branch's scope (``name/branch/...``).
+
+        Returns:
+            Each branch's return value, by branch name, in the order given.
+
+        Raises:
+            ValueError: when called, if ``branches_`` is not a non-empty dict or a branch
+                name is not a non-empty string, or for an empty or non-string ``name``.
+            TypeError: when called, if a branch is not callable.
+            JoinError: once every branch settled, if any failed; ``errors`` maps each
+                failed branch to its error.
+            HistoryDivergedError: a branch's code does not match its history, or the
+                branch names differ from the recorded ones (also when called, as for any
+                operation).
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
         branches.validate(self.run, name, branches_, "join")
         return branches.run_join(self._begin(name, "join"), dict(branches_))
 
     def race(
         self, name: str, branches_: Mapping[str, Callable[[WorkflowContext], Awaitable[Any]]]
     ) -> Coroutine[Any, Any, RaceResult]:
-        """Run every branch concurrently; the first to complete wins, the rest are cancelled."""
+        """Run every branch concurrently; the first to complete wins, the rest are cancelled.
+
+        The decision and the winner's value are written at once, and the losers' history
+        is deleted in the same write (their rollback handlers never run). A later run
+        returns the recorded winner without running the branches.
+
+        Args:
+            name: the race's name, unique in its scope.
+            branches_: branch name -> ``async def branch(bctx)``, where ``bctx`` is a
+                context for the branch's scope (``name/branch/...``).
+
+        Returns:
+            A ``RaceResult(winner, value)``: the winning branch's name and return value.
+
+        Raises:
+            ValueError: when called, if ``branches_`` is not a non-empty dict or a branch
+                name is not a non-empty string, or for an empty or non-string ``name``.
+            TypeError: when called, if a branch is not callable.
+            RaceError: every branch failed; ``errors`` maps each branch to its error.
+            HistoryDivergedError: a branch's code does not match its history, or the
+                branch names differ from the recorded ones (also when called, as for any
+                operation).
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
         branches.validate(self.run, name, branches_, "race")
         return branches.run_race(self._begin(name, "race"), dict(branches_))
 
@@ -181,16 +352,80 @@ class WorkflowContext:
         history_every: int | None = None,
         history_keep: int | None = None,
     ) -> Coroutine[Any, Any, Any]:
-        """Iterate ``run`` durably; returns the value of ``Loop.break_``."""
+        """Iterate ``run`` durably; returns the value of ``Loop.break_``.
+
+        Iteration ``i`` runs in the scope ``name/~i``. Every ``commit_interval`` iterations
+        the loop records the next iteration number and the state; a crash resumes at the
+        last commit, replaying the recorded steps of the iterations since. Every
+        ``history_every`` iterations the history of iterations older than the last
+        ``history_keep`` is deleted, so history stays bounded however long the loop runs.
+
+        Args:
+            name: the loop's name, unique in its scope.
+            run: ``async def body(lctx, state)`` returning ``Loop.continue_(next_state)`` or
+                ``Loop.break_(value)``; ``lctx`` is the iteration's context.
+            state: the first iteration's state (any storable value).
+            commit_interval: iterations between two commits of the state, an ``int >= 1``.
+                Default ``20``.
+            history_every: iterations between two trims of old history, an ``int >= 1``
+                and a multiple of ``commit_interval``; None means ``commit_interval``.
+            history_keep: how many of the latest iterations keep their history, an
+                ``int >= 0``; None means ``commit_interval``.
+
+        Returns:
+            The ``value`` of the ``Loop.break_(value)`` that ended the loop.
+
+        Raises:
+            ValueError: when called, for an option out of range or a ``history_every``
+                that is not a multiple of ``commit_interval``, or for an empty or
+                non-string ``name``.
+            TypeError: an iteration's body returned something other than a ``LoopResult``.
+            HistoryDivergedError: when called, if ``name`` is used twice in this scope or
+                history holds another operation at this position.
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
         options = loop.validate(self.run, name, commit_interval, history_every, history_keep)
         return loop.run_loop(self._begin(name, "loop"), run, state, options)
 
     def rollback_checkpoint(self, name: str) -> Coroutine[Any, Any, None]:
-        """Enable rollback handlers for the steps after this point."""
+        """Enable rollback handlers for the steps after this point.
+
+        A step with a ``rollback`` handler needs a checkpoint earlier in the same run, or
+        awaiting it raises ``RollbackCheckpointError``.
+
+        Args:
+            name: the checkpoint's name, unique in its scope.
+
+        Raises:
+            ValueError: when called, for an empty or non-string ``name``.
+            HistoryDivergedError: when called, if ``name`` is used twice in this scope or
+                history holds another operation at this position.
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
         return rollback.run_checkpoint(self._begin(name, "checkpoint"))
 
     def removed(self, name: str, original_type: str) -> Coroutine[Any, Any, None]:
-        """Stand in for an operation deleted from the code, holding its history position."""
+        """Stand in for an operation deleted from the code, holding its history position.
+
+        On a workflow that recorded the deleted operation, this takes its place (its record
+        is kept and ignored); on a new workflow it records a placeholder, so both histories
+        match the code from then on.
+
+        Args:
+            name: the deleted operation's name.
+            original_type: its kind: ``"step"``, ``"sleep"``, ``"message"``, ``"join"``,
+                ``"race"`` or ``"loop"``.
+
+        Raises:
+            ValueError: when called, for another ``original_type``, or an empty or
+                non-string ``name``.
+            HistoryDivergedError: when called, if history holds an operation of another
+                name or kind at this position.
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
         removed.validate(self.run, name, original_type)
         site = self._begin(name, "removed", accept=(original_type, "removed"))
         return removed.run_removed(site, original_type)

@@ -30,10 +30,16 @@ class WorkflowInfo:
     """One workflow in ``Client.list``: ``state`` is ``running`` while a run holds it."""
 
     workflow_id: str
+    """The workflow's id."""
     name: str
+    """The name it was started under (``run_workflow``: the function's name)."""
     state: WorkflowState
+    """Its state; ``running`` while a run holds its lease, whatever was recorded last."""
     wake_at: float | None
+    """Its alarm, a Unix time; None when it has none."""
     updated_at: float
+    """When the store's index last changed it (started, claimed, finished, cancelled), a
+    Unix time."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,22 @@ class HistoryEntry:
     far it got (``status``), its attempts, and its output or error when it has one."""
 
     path: str
+    """Where the operation sits: scope names and its own, joined by ``/`` (``~N`` for loop
+    iteration ``N``)."""
     kind: str
+    """``step``, ``sleep``, ``message``, ``join``, ``race``, ``loop``, ``checkpoint`` or
+    ``removed``."""
     status: str
+    """``completed``; a step ``running``, ``retrying``, ``exhausted`` or ``failed``; a sleep
+    ``sleeping``; a message wait ``waiting``; a join, race or loop ``running`` (a join
+    ``failed`` when a branch failed); ``removed``."""
     attempts: int = 0
+    """A step's attempts so far (0 for other kinds)."""
     output: Any = None
+    """A step's output, a message wait's list of data, a race's ``[winner, value]``, a
+    loop's state (``running``) or result (``completed``); None otherwise."""
     error: ErrorInfo | None = None
+    """The recorded error of a failed (or retrying) step."""
 
 
 @dataclass(frozen=True)
@@ -55,15 +72,26 @@ class WorkflowDescription:
     history in recorded order."""
 
     workflow_id: str
+    """The workflow's id."""
     name: str
+    """The name it was started under."""
     state: WorkflowState
+    """Its state; ``running`` while a run holds its lease."""
     wake_at: float | None
+    """Its alarm, a Unix time; None when it has none."""
     updated_at: float
+    """When the store's index last changed it, a Unix time (0.0 if it is not indexed)."""
     input: Any
+    """Its stored input."""
     output: Any
+    """Its output once completed; None before."""
     error: ErrorInfo | None
+    """What failed it; None unless failed."""
     waiting_for_messages: list[str] | None
+    """When sleeping: the sorted message names its waits wait for (``"*"``: any name); None
+    when it waits for no message."""
     history: list[HistoryEntry]
+    """Every recorded operation, in the order the workflow recorded them, depth first."""
 
 
 def history(storage: Storage) -> list[HistoryEntry]:

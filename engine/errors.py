@@ -15,11 +15,19 @@ class WorkflowError(Exception):
 
 
 class CriticalError(WorkflowError):
-    """Raised by step code to fail the step at once, without retries."""
+    """Raised by step code to fail the step at once, without retries.
+
+    On later runs the recorded failure is raised again as ``CriticalError``; a subclass of
+    your own comes back as ``WorkflowFailedError`` (catch ``WorkflowError`` to match both).
+    """
 
 
 class RollbackError(WorkflowError):
-    """Raised by step code to stop the workflow and run its rollback handlers, no retries."""
+    """Raised by step code to stop the workflow and run its rollback handlers, no retries.
+
+    Like any error that escapes the workflow function, it fails the workflow, which runs
+    the rollback handlers of its completed steps, newest first.
+    """
 
 
 class RollbackCheckpointError(WorkflowError):
@@ -27,7 +35,11 @@ class RollbackCheckpointError(WorkflowError):
 
 
 class StepExhaustedError(WorkflowError):
-    """Raised when a step failed on every one of its ``1 + max_retries`` attempts."""
+    """Raised when a step failed on every one of its ``1 + max_retries`` attempts.
+
+    Names the workflow, the step's path, the number of attempts and the last error, which
+    is also its ``__cause__`` on the run where the last attempt failed.
+    """
 
 
 class StepTimeoutError(CriticalError):
@@ -41,15 +53,28 @@ class _BranchErrors(WorkflowError):
 
 
 class JoinError(_BranchErrors):
-    """Raised when one or more branches of a join failed; ``errors`` maps branch to error."""
+    """Raised when one or more branches of a join failed; ``errors`` maps branch to error.
+
+    Raised once every branch settled. ``errors`` is empty when a later run raises the
+    recorded failure again.
+    """
 
 
 class RaceError(_BranchErrors):
-    """Raised when every branch of a race failed; ``errors`` maps branch to error."""
+    """Raised when every branch of a race failed; ``errors`` maps branch to error.
+
+    ``errors`` is empty when a later run raises the recorded failure again.
+    """
 
 
 class HistoryDivergedError(WorkflowError):
-    """Raised when the code asks for a different operation than history holds there."""
+    """Raised when the code asks for a different operation than history holds there.
+
+    Also raised for a name used twice in one scope, and when a scope ends before every
+    operation it recorded was asked for again (use ``ctx.removed`` for a deleted one). The
+    message names the path, what history holds and what the code asked for. Not a failure:
+    the run writes nothing and the workflow resumes under code that matches its history.
+    """
 
 
 class EntryInProgressError(WorkflowError):
@@ -64,7 +89,13 @@ class WorkflowBusyError(WorkflowError):
 class WorkflowFailedError(WorkflowError):
     """Raised when a run meets a workflow that failed on an earlier run.
 
-    Carries what was recorded: the original type name, message and traceback text.
+    Carries what was recorded: the original type name, message and traceback text. Engine
+    errors come back as their own type instead; this stands for any other exception.
+
+    Attributes:
+        type_name: the original exception's type name, e.g. ``"LookupError"``.
+        message: ``str()`` of the original exception.
+        traceback: its formatted traceback, as text.
     """
 
     def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
@@ -85,7 +116,15 @@ class CorruptedRecordError(WorkflowError):
 
 
 class StorageError(WorkflowError):
-    """Raised when a driver call failed; names the store and the operation."""
+    """Raised when a driver call failed; names the store and the operation.
+
+    Never recorded as the workflow's failure: the run stops writing, and the next run
+    resumes from what landed.
+
+    Attributes:
+        store: the store's label, e.g. ``"postgres store"``.
+        operation: the operation that failed, e.g. ``"batch"``.
+    """
 
     def __init__(self, store: str, operation: str, cause: BaseException | None = None) -> None:
         detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
@@ -99,7 +138,11 @@ class LeaseLostError(StorageError):
 
 
 class EvictedError(BaseException):
-    """Raised inside the workflow at its next operation after ``evict()`` or ``cancel()``."""
+    """Raised inside the workflow at its next operation after ``evict()`` or ``cancel()``.
+
+    A ``BaseException``, so an ``except Exception`` in workflow code cannot swallow it; let
+    it pass. The run records where it stands and ends (``evicted``, or ``cancelled``).
+    """
 
 
 class SuspendSignal(BaseException):

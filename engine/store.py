@@ -25,9 +25,13 @@ class Lease:
     """A worker's claim on one workflow; ``token`` grows with every claim of that workflow."""
 
     workflow_id: str
+    """The claimed workflow."""
     owner: str
+    """Who holds it: a worker's id, or a ``run:`` id for ``run_workflow``."""
     token: int
+    """The fencing token every write under this lease is checked against."""
     expires_at: float
+    """When the lease ends unless renewed, a Unix time."""
     wake_at: float | None = None  # the due alarm this claim was made for
     # The workflow's namespace (``driver.list(b"")``) as read by the claim, so the run
     # starts without another round trip; None on a renewed lease.
@@ -66,11 +70,22 @@ class WorkflowRow:
 
 @runtime_checkable
 class Store(Protocol):
-    def driver(self, workflow_id: str) -> EngineDriver: ...
+    """What every store offers: isolated drivers, due alarms, close."""
+
+    def driver(self, workflow_id: str) -> EngineDriver:
+        """The namespace of ``workflow_id``: a driver that reads and writes only its keys."""
+        ...
+
     async def due_alarms(
         self, now: float | None = None, limit: int = 100
-    ) -> list[tuple[str, float]]: ...
-    async def close(self) -> None: ...
+    ) -> list[tuple[str, float]]:
+        """Up to ``limit`` ``(workflow_id, wake_at)`` pairs whose alarm is due at ``now``
+        (the current time when None), earliest first."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and locks; the store is unusable afterwards."""
+        ...
 
 
 @runtime_checkable

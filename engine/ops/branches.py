@@ -42,7 +42,9 @@ class RaceResult(NamedTuple):
     """What ``ctx.race`` returns: the winning branch's name and its value."""
 
     winner: str
+    """The name of the branch that completed first."""
     value: Any
+    """What that branch returned (as stored)."""
 
 
 def validate(

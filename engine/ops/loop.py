@@ -29,7 +29,9 @@ class LoopResult(NamedTuple):
     """What a loop body returns; build it with ``Loop.continue_`` or ``Loop.break_``."""
 
     done: bool
+    """True to end the loop."""
     value: Any
+    """The next iteration's state, or (``done``) the loop's result."""
 
 
 class Loop:
@@ -37,10 +39,12 @@ class Loop:
 
     @staticmethod
     def continue_(state: Any = None) -> LoopResult:
+        """Go on with another iteration, passing it ``state`` (any storable value)."""
         return LoopResult(False, state)
 
     @staticmethod
     def break_(value: Any = None) -> LoopResult:
+        """End the loop: ``await ctx.loop(...)`` returns ``value``."""
         return LoopResult(True, value)
 
 

@@ -22,7 +22,15 @@ from engine.state import WorkflowState
 
 
 class RollbackContext:
-    """Passed to each rollback handler as ``rctx``."""
+    """Passed to each rollback handler as ``rctx``: ``await handler(rctx, output)``.
+
+    ``output`` is the compensated step's recorded output, exactly what the step returned.
+
+    Attributes:
+        workflow_id: the id of the workflow being rolled back.
+        location: the path of the step being compensated (``charge``,
+            ``prepare/stock/reserve``, ``pages/~3/fetch``).
+    """
 
     def __init__(self, run: Run, location: Location) -> None:
         self._run = run
@@ -31,9 +39,11 @@ class RollbackContext:
 
     @property
     def aborted(self) -> anyio.Event:
+        """An ``anyio.Event`` set when the run is evicted or the workflow cancelled."""
         return self._run.aborted
 
     def is_evicted(self) -> bool:
+        """Whether the run was evicted or the workflow cancelled (``aborted`` is set)."""
         return self._run.aborted.is_set()
 
 
