@@ -1,5 +1,7 @@
 """Durable execution for plain ``async def`` workflows, replayed from key-value history."""
 
+import logging
+
 from engine.client import Client, ClientHandle
 from engine.constants import (
     DEFAULT_LOOP_COMMIT_INTERVAL,
@@ -42,6 +44,9 @@ from engine.worker import Worker
 from engine.worker_events import WorkerStats
 
 __version__ = VERSION
+
+# A library's convention: nothing is printed unless the application configures logging.
+logging.getLogger("engine").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_LOOP_COMMIT_INTERVAL",

@@ -125,6 +125,12 @@ def worker(
         float, typer.Option(help="seconds between polls; shorter sleeps wait in memory")
     ] = DEFAULT_WORKER_POLL_INTERVAL,
     log_level: str = "INFO",
+    trace_console: Annotated[
+        bool,
+        typer.Option(
+            "--trace-console", help="print each run's and step's span on stderr (otel extra)"
+        ),
+    ] = False,
 ) -> None:
     """Claim and run due workflows until SIGTERM, logging JSON lines on stdout."""
     if not store:
@@ -138,6 +144,8 @@ def worker(
     except ValueError:
         raise CommandError(f"unknown --log-level {log_level!r}") from None
     registry = load_registry(app_spec)
+    if trace_console:
+        _trace_to_console()
 
     async def serve() -> None:
         async with open_store(
@@ -147,6 +155,23 @@ def worker(
             await running.run()
 
     anyio.run(serve)
+
+
+def _trace_to_console() -> None:
+    """Spans to stderr through the OpenTelemetry SDK, for this process's runs only."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+    except ImportError:
+        raise CommandError(
+            "--trace-console needs the OpenTelemetry SDK: pip install 'durable-engine[otel]'",
+            EXIT_RUNTIME,
+        ) from None
+    from engine.tracing import use_tracer_provider
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    use_tracer_provider(provider)
 
 
 @app.command("list")

@@ -9,6 +9,8 @@ memory and LevelDB have none).
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,6 +63,10 @@ def load_registry(spec: str) -> Mapping[str, WorkflowFn]:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise ValueError(f"--app must look like module:registry, got {spec!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        # As ``python -m`` would: the user's module in the current directory is found
+        # (a console script's path starts at its own bin directory).
+        sys.path.insert(0, os.getcwd())
     registry: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         registry = getattr(registry, part)
