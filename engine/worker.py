@@ -54,16 +54,32 @@ from engine.worker_leases import Heartbeat, Slot
 class Worker:
     """Runs registered workflows that are due in ``store``, ``concurrency`` at a time.
 
+    ``await worker.run()`` claims due workflows under a lease, runs each in yield mode on a
+    driver fenced by the lease's token, and renews running leases every ``heartbeat``
+    seconds, until ``stop()``, SIGTERM or SIGINT. Any number of workers may share a Redis
+    or Postgres store (LevelDB and memory: one process).
+
     Args:
         store: a store shared by every worker (Redis, Postgres; LevelDB and memory in one
             process).
         workflows: registered name -> ``async def fn(ctx, input)``.
-        concurrency: most workflows run at once by this worker.
-        lease: seconds a claim lasts without renewal; another worker takes over after that.
-        heartbeat: seconds between renewals; must be well under ``lease``.
+        concurrency: most workflows run at once by this worker, an int >= 1 (default 20).
+        lease: seconds a claim lasts without renewal; another worker takes over after that
+            (default 30.0).
+        heartbeat: seconds between renewals, ``0 < heartbeat < lease`` (default 10.0).
         grace: on stop, seconds running steps get to finish before their runs are cancelled
             (default ``lease``: after that the lease is gone and no write could land anyway).
-        handle_signals: stop gracefully on SIGTERM/SIGINT (main thread only).
+        poll_interval: seconds between looks for due workflows when the store sends no
+            wake-up (default: the store's ``worker_poll_interval``).
+        handle_signals: stop gracefully on SIGTERM/SIGINT (main thread only; default True).
+        worker_id: the name in leases and logs (default ``host:pid:random``).
+
+    Attributes:
+        stats: a ``WorkerStats`` of what this worker did since it started.
+
+    Raises:
+        ValueError: ``concurrency < 1``, or not ``0 < heartbeat < lease``.
+        TypeError: a registered function is not callable.
     """
 
     def __init__(
@@ -119,7 +135,11 @@ class Worker:
     # Lifecycle
 
     async def run(self) -> None:
-        """Claim and run due workflows until ``stop()`` (or SIGTERM/SIGINT); then drain."""
+        """Claim and run due workflows until ``stop()`` (or SIGTERM/SIGINT); then drain.
+
+        Raises:
+            RuntimeError: this worker has run before (make a new one).
+        """
         if self._started:
             raise RuntimeError(f"worker {self.worker_id} has already run")
         self._started = True
