@@ -9,7 +9,7 @@ operation's logic lives in its own module (``engine.ops``).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar, overload
 
 import anyio
@@ -31,52 +31,6 @@ from engine.site import Site
 from engine.storage import Node
 
 T = TypeVar("T")
-
-
-class Queue:
-    """``ctx.queue``: waits for messages sent with ``handle.message(name, data)``.
-
-    Messages wait in the store until a wait takes them; each is taken once, oldest first,
-    in the same atomic write that records it in the workflow's history.
-    """
-
-    def __init__(self, ctx: WorkflowContext) -> None:
-        self._ctx = ctx
-
-    def next(
-        self,
-        name: str,
-        *,
-        names: Sequence[str] | None = None,
-        count: int = 1,
-        timeout: float | None = None,
-    ) -> Coroutine[Any, Any, list[Any]]:
-        """Wait for ``count`` messages whose name is in ``names`` (any when None), FIFO.
-
-        Args:
-            name: the wait's own operation name, unique in its scope.
-            names: the message names to take; None takes messages of any name.
-            count: how many messages to wait for, an ``int >= 1``.
-            timeout: seconds to wait at most, counted from the first time this wait
-                started (recorded, so a restart does not extend it); None waits for ever,
-                ``0`` takes only what is already stored.
-
-        Returns:
-            The data of the messages taken, oldest first: ``count`` of them, or fewer
-                (maybe none) when the timeout passed first.
-
-        Raises:
-            ValueError: when called, for a ``count``, ``timeout`` or ``names`` out of range
-                (``names`` must be a non-empty list of non-empty strings, not a string), or
-                an empty or non-string ``name``.
-            HistoryDivergedError: when called, if ``name`` is used twice in this scope or
-                history holds another operation at this position.
-            EntryInProgressError: when called, if the previous operation of this scope was
-                not awaited.
-        """
-        ctx = self._ctx
-        wanted = queue.validate(ctx.run, name, names, count, timeout)
-        return queue.run_next(ctx._begin(name, "message"), wanted, count, timeout)
 
 
 class WorkflowContext:
@@ -105,9 +59,9 @@ class WorkflowContext:
         self._recorded: list[Node] | None = None  # the scope's recorded entries, in order
 
     @property
-    def queue(self) -> Queue:
+    def queue(self) -> queue.Queue:
         """The workflow's message queue: ``await ctx.queue.next(...)`` waits for messages."""
-        return Queue(self)
+        return queue.Queue(self.run, self._begin)
 
     @property
     def workflow_id(self) -> str:

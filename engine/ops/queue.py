@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from engine.records import MessageEntry, MessageRecord
@@ -72,3 +72,49 @@ async def run_next(
         wanted = None if names is None else sorted(names)
         site.record(MessageEntry(site.pos, deadline, True, payloads, wanted))
         return payloads
+
+
+class Queue:
+    """``ctx.queue``: waits for messages sent with ``handle.message(name, data)``.
+
+    Messages wait in the store until a wait takes them; each is taken once, oldest first,
+    in the same atomic write that records it in the workflow's history.
+    """
+
+    def __init__(self, run: Run, begin: Callable[[str, str], Site[Any]]) -> None:
+        self._run = run
+        self._begin = begin  # the context's guards: name, order, history at this position
+
+    def next(
+        self,
+        name: str,
+        *,
+        names: Sequence[str] | None = None,
+        count: int = 1,
+        timeout: float | None = None,
+    ) -> Coroutine[Any, Any, list[Any]]:
+        """Wait for ``count`` messages whose name is in ``names`` (any when None), FIFO.
+
+        Args:
+            name: the wait's own operation name, unique in its scope.
+            names: the message names to take; None takes messages of any name.
+            count: how many messages to wait for, an ``int >= 1``.
+            timeout: seconds to wait at most, counted from the first time this wait
+                started (recorded, so a restart does not extend it); None waits for ever,
+                ``0`` takes only what is already stored.
+
+        Returns:
+            The data of the messages taken, oldest first: ``count`` of them, or fewer
+                (maybe none) when the timeout passed first.
+
+        Raises:
+            ValueError: when called, for a ``count``, ``timeout`` or ``names`` out of range
+                (``names`` must be a non-empty list of non-empty strings, not a string), or
+                an empty or non-string ``name``.
+            HistoryDivergedError: when called, if ``name`` is used twice in this scope or
+                history holds another operation at this position.
+            EntryInProgressError: when called, if the previous operation of this scope was
+                not awaited.
+        """
+        wanted = validate(self._run, name, names, count, timeout)
+        return run_next(self._begin(name, "message"), wanted, count, timeout)
