@@ -78,12 +78,28 @@ def current_carrier() -> dict[str, str] | None:
 
 
 class StepTrace:
-    """The span of one executed step; the step reports attempts and retries to it."""
+    """The span of one executed step, current while its body runs; the step reports
+    attempts and retries to it, and ends it with how it ended (no ``with``: the step's own
+    ``try`` does it, so an untraced step pays nothing for a context manager)."""
 
-    __slots__ = ("span",)
+    __slots__ = ("_token", "span")
 
     def __init__(self, span: Span) -> None:
         self.span = span
+        self._token = otel_context.attach(otel_trace.set_span_in_context(span))
+
+    def end(self, error: BaseException | None) -> None:
+        """``ok`` with no error; ``retry`` when the run yields until a retry is due;
+        ``stopped`` when evicted, cancelled or a race was lost; else ``failed``."""
+        otel_context.detach(self._token)
+        span = self.span
+        if error is None:
+            span.set_attribute(OUTCOME, "ok")
+        elif isinstance(error, Exception):
+            _failed(span, error)
+        else:
+            span.set_attribute(OUTCOME, "retry" if isinstance(error, SuspendSignal) else "stopped")
+        span.end()
 
     def attempt(self, attempt: int) -> None:
         self.span.set_attribute(ATTEMPT, attempt)
@@ -130,29 +146,10 @@ class RunTrace:
     def event(self, name: str, attributes: Mapping[str, Any]) -> None:
         self.span.add_event(name, dict(attributes))
 
-    @contextmanager
-    def step(self, name: str, path: str) -> Iterator[StepTrace]:
-        """A span around one step's executed attempts, current while its body runs."""
+    def step(self, name: str, path: str) -> StepTrace:
+        """Start the span of one step's executed attempts; the step ends it."""
         span = self._tracer.start_span(f"step {name}", attributes={**self.base, PATH: path})
-        traced = StepTrace(span)
-        try:
-            with otel_trace.use_span(
-                span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                yield traced
-        except Exception as exc:
-            _failed(span, exc)
-            raise
-        except SuspendSignal:
-            span.set_attribute(OUTCOME, "retry")  # the run yields until the retry is due
-            raise
-        except BaseException:
-            span.set_attribute(OUTCOME, "stopped")  # evicted, cancelled, or a race lost
-            raise
-        else:
-            span.set_attribute(OUTCOME, "ok")
-        finally:
-            span.end()
+        return StepTrace(span)
 
     def end(self, outcome: str, error: BaseException | None = None) -> None:
         """End the run's span with how the run ended (a state, ``diverged``, ``error``)."""

@@ -152,66 +152,61 @@ async def run_step(site: Site[S], fn: Callable[[], T | Awaitable[T]], options: S
                 f"{site.describe()}: the step registers a rollback handler but no "
                 "ctx.rollback_checkpoint(...) comes before it"
             )
-        if run.trace is None:
-            return await _execute(site, fn, options, meta, None)
-        with run.trace.step(site.name, site.path) as traced:
-            return await _execute(site, fn, options, meta, traced)
+        trace = run.trace
+        # No ``with`` (an untraced step would pay two calls for it): the span, when there
+        # is one, is ended by this ``try``.
+        traced = None if trace is None else trace.step(site.name, site.path)
+        try:
+            while True:
+                if meta is not None and meta.retry_at is not None:
+                    await run.scheduler.wait(deadline=meta.retry_at)
+                run.scheduler.check_stop()
+                attempt = (meta.attempts if meta is not None else 0) + 1
+                if traced is not None:
+                    traced.attempt(attempt)
+                try:
+                    try:
+                        if _is_async(fn):  # on the loop, as cheap as an await can be
+                            value = await run.await_within(fn(), options.timeout)
+                        else:
+                            value = await _in_thread(fn, options.timeout, run)
+                    except TimedOut:
+                        raise StepTimeoutError(
+                            f"{site.describe()}: the step ran longer than {options.timeout}s"
+                        ) from None
+                    # Only compensable steps need their completion number: it orders rollback
+                    # (a failed encode wastes one: harmless).
+                    seq = storage.take_seq() if options.rollback is not None else None
+                    # The output returned is the one recorded, exactly what replay returns.
+                    done = site.record(StepEntry(site.pos, True, value, seq))
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception as exc:
+                    meta = await _record_failure(site, options, attempt, exc, traced)
+                    continue
+                if meta is not None:
+                    storage.record_meta(site.location, site.node, Metadata("completed", attempt))
+                if not options.ephemeral:
+                    if not site.ctx.in_branch:
+                        # Nothing else of this run can be executing: the write can wait for what
+                        # comes next, which pays it before starting (or merges it into the run's
+                        # last write). A crash before then runs this step again, as it would had
+                        # the flush failed; nothing that follows it runs before the write lands.
+                        # In a branch, a sibling's step may be under way, so it is written now.
+                        storage.owed = True
+                    else:
+                        await storage.flush()
+                if options.rollback is not None:
+                    _register_rollback(run, site, done, options.rollback)
+                if traced is not None:
+                    traced.end(None)
+                return done.output  # type: ignore[no-any-return]
+        except BaseException as exc:
+            if traced is not None:
+                traced.end(exc)
+            raise
     finally:
         site.ctx.release()
-
-
-async def _execute(
-    site: Site[S],
-    fn: Callable[[], T | Awaitable[T]],
-    options: StepOptions,
-    meta: Metadata | None,
-    traced: StepTrace | None,
-) -> T:
-    """Call the step's body until it succeeds, fails for good, or must wait for a retry."""
-    run = site.run
-    storage = run.storage
-    while True:
-        if meta is not None and meta.retry_at is not None:
-            await run.scheduler.wait(deadline=meta.retry_at)
-        run.scheduler.check_stop()
-        attempt = (meta.attempts if meta is not None else 0) + 1
-        if traced is not None:
-            traced.attempt(attempt)
-        try:
-            try:
-                if _is_async(fn):  # on the loop, as cheap as an await can be
-                    value = await run.await_within(fn(), options.timeout)
-                else:
-                    value = await _in_thread(fn, options.timeout, run)
-            except TimedOut:
-                raise StepTimeoutError(
-                    f"{site.describe()}: the step ran longer than {options.timeout}s"
-                ) from None
-            # Only compensable steps need their completion number: it orders rollback
-            # (a failed encode wastes one: harmless).
-            seq = storage.take_seq() if options.rollback is not None else None
-            # The output returned is the one recorded, exactly what replay returns.
-            done = site.record(StepEntry(site.pos, True, value, seq))
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            meta = await _record_failure(site, options, attempt, exc, traced)
-            continue
-        if meta is not None:
-            storage.record_meta(site.location, site.node, Metadata("completed", attempt))
-        if not options.ephemeral:
-            if not site.ctx.in_branch:
-                # Nothing else of this run can be executing: the write can wait for what
-                # comes next, which pays it before starting (or merges it into the run's
-                # last write). A crash before then runs this step again, as it would had
-                # the flush failed; nothing that follows it runs before the write lands.
-                # In a branch, a sibling's step may be under way, so it is written now.
-                storage.owed = True
-            else:
-                await storage.flush()
-        if options.rollback is not None:
-            _register_rollback(run, site, done, options.rollback)
-        return done.output  # type: ignore[no-any-return]
 
 
 def _is_async(fn: Callable[[], Any]) -> TypeGuard[Callable[[], Awaitable[Any]]]:
