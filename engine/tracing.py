@@ -2,7 +2,9 @@
 
 Tracing is on only when the ``otel`` extra is installed (``opentelemetry-api``) *and* the
 application has set a tracer provider; otherwise ``start_run`` returns None and a run pays
-one function call for it, a step nothing (it tests ``run.trace is None``).
+one function call for it, a step nothing (it tests ``run.trace is None``). OpenTelemetry
+is not even imported until the application has imported it (no provider can be set
+before), so ``import engine`` costs the same with or without the extra.
 
 A run's span is named ``workflow <name>``; an executed step's (never a replayed one's)
 ``step <name>``, a child of its run's. The first traced run of a workflow stores its span
@@ -13,6 +15,7 @@ process, starts its span as a child of what is stored, so one workflow is one tr
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -20,15 +23,11 @@ from typing import TYPE_CHECKING, Any
 from engine.constants import VERSION
 from engine.errors import SuspendSignal
 
-try:
+if TYPE_CHECKING:  # at run time, imported by ``_loaded`` once the application has
     from opentelemetry import context as otel_context
     from opentelemetry import trace as otel_trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-except ImportError:  # the ``otel`` extra is not installed: tracing is off
-    otel_trace = None  # type: ignore[assignment]
-
-if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer, TracerProvider
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACER_NAME = "durable-engine"
 
@@ -40,6 +39,7 @@ ATTEMPT = "workflow.attempt"
 OUTCOME = "workflow.outcome"
 
 _cached: tuple[Any, Any] = (None, None)  # (provider, its tracer)
+_imported = False
 _chosen: TracerProvider | None = None
 
 
@@ -54,7 +54,7 @@ def use_tracer_provider(provider: TracerProvider | None) -> None:
 def tracer() -> Tracer | None:
     """The engine's tracer, or None when tracing is off (no extra, or no provider set)."""
     global _cached
-    if otel_trace is None:
+    if not _imported and not _loaded():
         return None
     provider: TracerProvider = _chosen or otel_trace.get_tracer_provider()
     if isinstance(provider, otel_trace.ProxyTracerProvider | otel_trace.NoOpTracerProvider):
@@ -65,6 +65,19 @@ def tracer() -> Tracer | None:
     made = provider.get_tracer(TRACER_NAME, VERSION)
     _cached = (provider, made)
     return made
+
+
+def _loaded() -> bool:
+    """Import OpenTelemetry, once the application has (else no provider can be set)."""
+    global _imported, otel_context, otel_trace, TraceContextTextMapPropagator
+    if "opentelemetry.trace" not in sys.modules and _chosen is None:
+        return False
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    _imported = True
+    return True
 
 
 def current_carrier() -> dict[str, str] | None:

@@ -274,3 +274,16 @@ def test_a_run_in_another_process_continues_the_same_trace(tmp_path: Path) -> No
     [first] = child("wait")
     [second] = child("message")
     assert first == second
+
+
+def test_engine_does_not_import_opentelemetry_until_the_application_does() -> None:
+    check = (
+        "import sys, engine; from engine import tracing; "
+        "assert tracing.tracer() is None; "
+        "assert not any(m.startswith('opentelemetry') for m in sys.modules), 'imported'; "
+        "import opentelemetry.trace; assert tracing.tracer() is None; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
