@@ -208,6 +208,23 @@ class ClientHandle(WorkflowHandle[Any]):
         raise TypeError(f"workflow {self.workflow_id!r}: a client handle never runs it")
 
 
+STEERING = ("message", "wake", "cancel", "recover")
+
+
+async def steer(client: Client, workflow_id: str, action: str, *args: Any) -> WorkflowState:
+    """Run one steering method of a handle (``STEERING``) on a workflow the store holds;
+    its state afterwards. The CLI's and the dashboard's buttons go through here.
+
+    Raises ``KeyError`` for an id the store does not hold: steering never creates one.
+    """
+    if action not in STEERING:
+        raise ValueError(f"workflow {workflow_id!r}: cannot {action!r}; one of {STEERING}")
+    await client.describe(workflow_id)
+    handle = client.handle(workflow_id)
+    await getattr(handle, action)(*args)
+    return await handle.get_state()
+
+
 def _info(row: WorkflowRow) -> WorkflowInfo:
     return WorkflowInfo(
         row.workflow_id, row.name, WorkflowState(row.state), row.wake_at, row.updated_at

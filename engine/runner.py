@@ -112,20 +112,27 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
 
     if spec.on_history_updated is not None:
         storage.on_flushed = flushed
-    run.trace = trace = tracing.start_run(wid, name, fields.trace)
-    if trace is None:
-        attach(run)
-        try:
-            kind, value = await _call(run, spec, fields.input)
-            return await _settle(run, spec, kind, value, resume_rollback)
-        finally:
-            attach(None)
-    if fields.trace is None:
-        storage.set_trace(trace.carrier())  # later runs, anywhere, continue this trace
+    run.trace = tracing.start_run(wid, name, fields.trace)
     attach(run)
     try:
-        with trace.active():
+        if run.trace is None:
             kind, value = await _call(run, spec, fields.input)
+            return await _settle(run, spec, kind, value, resume_rollback)
+        return await _traced(run, spec, run.trace, resume_rollback)
+    finally:
+        attach(None)
+
+
+async def _traced(
+    run: Run, spec: RunSpec, trace: tracing.RunTrace, resume_rollback: bool
+) -> WorkflowResult[Any]:
+    """The run under its span, ended with how the run ended."""
+    storage = run.storage
+    if storage.fields.trace is None:
+        storage.set_trace(trace.carrier())  # later runs, anywhere, continue this trace
+    try:
+        with trace.active():
+            kind, value = await _call(run, spec, storage.fields.input)
             result = await _settle(run, spec, kind, value, resume_rollback)
     except HistoryDivergedError as exc:
         trace.end("diverged", exc)
@@ -136,8 +143,6 @@ async def execute(spec: RunSpec, attach: Callable[[Run | None], None]) -> Workfl
         failed = storage.fields.state == WorkflowState.FAILED
         trace.end(WorkflowState.FAILED.value if failed else "error", exc)
         raise
-    finally:
-        attach(None)
     trace.end("evicted" if result.evicted else result.state.value)
     return result
 

@@ -22,7 +22,7 @@ import typer
 from engine.cli import render
 from engine.cli.logs import JsonFormatter
 from engine.cli.stores import load_registry, open_store
-from engine.client import Client
+from engine.client import Client, steer
 from engine.constants import (
     DEFAULT_HEARTBEAT,
     DEFAULT_LEASE,
@@ -330,10 +330,10 @@ def _steer(
     """Run one handle method on a workflow the store holds, then report its state."""
 
     async def action(client: Client) -> str:
-        await _describe(client, workflow_id)  # an unknown id is an error, not a new workflow
-        handle = client.handle(workflow_id)
-        await getattr(handle, command)(*args)
-        return str(await handle.get_state())
+        try:
+            return str(await steer(client, workflow_id, command, *args))
+        except KeyError as exc:  # an unknown id is an error, not a new workflow
+            raise CommandError(str(exc.args[0]) if exc.args else str(exc)) from None
 
     state = _with_client(url, namespace, action)
     if as_json:

@@ -21,12 +21,10 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from engine.client import Client
+from engine.client import STEERING, steer
 from engine.dashboard.pages import dashboard_of, error_page, workflow_url
 from engine.errors import WorkflowError
-from engine.state import WorkflowState
 
-ACTIONS = ("message", "wake", "cancel", "recover")
 MAX_FORM_BYTES = 4 * 1024 * 1024  # a message's data arrives in the form
 
 
@@ -41,17 +39,6 @@ class Refused(Exception):
         self.title = title
         self.detail = detail
         self.confirm = confirm
-
-
-async def steer(client: Client, workflow_id: str, action: str, *args: Any) -> WorkflowState:
-    """Run one handle method on a workflow the store holds; its state afterwards.
-
-    ``KeyError`` for an id the store does not hold: steering must not create a workflow.
-    """
-    await client.describe(workflow_id)
-    handle = client.handle(workflow_id)
-    await getattr(handle, action)(*args)
-    return await handle.get_state()
 
 
 async def act(request: Request) -> Response:
@@ -93,12 +80,12 @@ async def _checked(request: Request, workflow_id: str) -> tuple[str, tuple[Any, 
             "dashboard (or the dashboard restarted since). Reload the page and try again.",
         )
     action = form.get("action", "")
-    if action not in ACTIONS:
+    if action not in STEERING:
         raise Refused(
             400,
             "Unknown action",
             f"Cannot do {action!r} to workflow {workflow_id!r}; expected one of "
-            f"{', '.join(ACTIONS)}.",
+            f"{', '.join(STEERING)}.",
         )
     args: tuple[Any, ...] = ()
     if action == "message":

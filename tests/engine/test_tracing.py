@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from engine import Client, CriticalError, WorkflowContext, WorkflowState, run_workflow, tracing
-from engine.errors import CorruptedRecordError
+from engine.errors import CorruptedRecordError, HistoryDivergedError
 from engine.keys import Field, field_key
 from tests.workers.helpers import running, wait_until
 
@@ -174,6 +174,27 @@ async def test_a_failure_is_recorded_on_the_step_and_the_run(
         [exception] = [event for event in span.events if event.name == "exception"]
         assert exception.attributes is not None
         assert exception.attributes["exception.message"] == "card declined"
+
+
+async def test_a_diverged_run_ends_its_span_as_diverged_and_writes_nothing(
+    spans: InMemorySpanExporter, store: Any, wid: str
+) -> None:
+    async def wf(ctx: WorkflowContext, _: None) -> None:
+        await ctx.step("a", lambda: 1)
+        await ctx.queue.next("wait", names=["go"])
+
+    async def renamed(ctx: WorkflowContext, _: None) -> None:
+        await ctx.step("b", lambda: 1)
+
+    await run_workflow(wid, wf, None, store.driver(wid)).result()
+    before = await store.driver(wid).list(b"")
+    with pytest.raises(HistoryDivergedError):
+        await run_workflow(wid, renamed, None, store.driver(wid)).result()
+    assert await store.driver(wid).list(b"") == before
+    run = _one(spans, "workflow renamed")
+    assert run.attributes is not None and run.attributes["workflow.outcome"] == "diverged"
+    assert run.status.status_code == StatusCode.ERROR
+    assert _named(spans, "step b") == []
 
 
 async def test_a_workflow_started_in_a_traced_request_joins_its_trace(
